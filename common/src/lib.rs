@@ -1,0 +1,26 @@
+//! Pure code shared by the gateway and the fanout-worker.
+//!
+//! Nothing in this crate opens a socket or reads the clock on its own: every function takes values and
+//! returns values, so all of it is unit- and property-tested without services.
+//!
+//! - [`protocol`]: the Directus realtime wire protocol (parsing client messages, building server frames,
+//!   error codes, close codes).
+//! - [`value`]: PostgreSQL column types, typed datums, and the JSON encoding Directus's REST API uses.
+//! - [`filter`]: the Directus filter language: parsing, dynamic variables, validation against the schema,
+//!   and the in-memory evaluator that must agree with the SQL in [`sql`].
+//! - [`query`]: the subscription query (`fields`, `filter`, `sort`, `limit`, ...) in native and string forms.
+//! - [`schema`]: the collections the server knows about.
+//! - [`normalize`]: a subscription plus the caller's permissions becomes a canonical [`normalize::NormalizedQuery`]
+//!   whose hash is the query id.
+//! - [`sql`]: parameterised SQL for init snapshots.
+//! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
+
+pub mod filter;
+pub mod keys;
+pub mod normalize;
+pub mod protocol;
+pub mod query;
+pub mod schema;
+pub mod shard;
+pub mod sql;
+pub mod value;
