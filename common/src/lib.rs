@@ -14,6 +14,7 @@
 //!   whose hash is the query id.
 //! - [`sql`]: parameterised SQL for init snapshots.
 //! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
+//! - [`ws`]: RFC 6455 framing.
 
 pub mod filter;
 pub mod keys;
@@ -24,3 +25,4 @@ pub mod schema;
 pub mod shard;
 pub mod sql;
 pub mod value;
+pub mod ws;

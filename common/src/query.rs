@@ -83,7 +83,9 @@ pub fn parse_query(
                     match item {
                         Json::String(s) => out.extend(split_fields(s)),
                         _ => {
-                            return Err(QueryError::invalid("\"fields\" must be a string or array"));
+                            return Err(QueryError::invalid(
+                                "\"fields\" must be a string or array",
+                            ));
                         }
                     }
                 }

@@ -1,1 +1,15 @@
-//! placeholder
+//! The gateway: WebSocket connections speaking the Directus realtime protocol.
+//!
+//! Layers, in the order a message travels: [`http`] (routes and the upgrade) → [`conn`] (the task owning a
+//! socket) → [`session`] (the protocol state machine, pure) → [`subscribe`] (normalisation, permissions,
+//! snapshot) with [`auth`] and [`db`]. [`server`] assembles them; `main` only reads the configuration.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod db;
+pub mod http;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod subscribe;

@@ -1,1 +1,87 @@
-fn main() {}
+//! `loadtest`: the local-cluster launcher and (later) the load generator.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use loadtest::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, Cluster, ClusterOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    about = "Local cluster launcher and load-test harness for the realtime cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster (PostgreSQL, Redis, gateways, workers) with demo data, until Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 1)]
+        gateways: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Port of the first gateway.
+        #[arg(long, default_value_t = 8055)]
+        port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            gateways,
+            workers,
+            port,
+        } => up(gateways, workers, port).await,
+    }
+}
+
+async fn up(gateways: usize, workers: usize, port: u16) -> Result<()> {
+    eprintln!("starting PostgreSQL, Redis, {gateways} gateway(s) and {workers} worker(s)...");
+    let cluster = Cluster::start(ClusterOptions {
+        gateways,
+        workers,
+        first_gateway_port: port,
+        demo_schema: true,
+        ..Default::default()
+    })
+    .await?;
+    let addr = cluster.gateway_addr(0).to_owned();
+    println!();
+    println!("Realtime cluster is up.");
+    println!("  WebSocket:   ws://{addr}/websocket");
+    for (i, g) in cluster.gateways.iter().enumerate().skip(1) {
+        println!("  gateway {i}:   ws://{}/websocket", g.addr);
+    }
+    println!(
+        "  PostgreSQL:  {}  (psql \"{}\")",
+        cluster.postgres.url(&cluster.database),
+        cluster.postgres.url(&cluster.database)
+    );
+    println!("  Redis:       {}", cluster.redis.url());
+    println!("  Admin:       {ADMIN_EMAIL} / {ADMIN_PASSWORD}   (static token: {ADMIN_TOKEN})");
+    println!();
+    println!("Try it (Node 18+, in another terminal):");
+    println!(
+        r#"  node --experimental-websocket -e 'const ws=new WebSocket("ws://{addr}/websocket");ws.onopen=()=>{{ws.send(JSON.stringify({{type:"auth",access_token:"{ADMIN_TOKEN}"}}));ws.send(JSON.stringify({{type:"subscribe",collection:"articles",uid:"a",query:{{fields:["id","title","status"]}}}}))}};ws.onmessage=m=>console.log(m.data)'"#
+    );
+    println!("and change data with SQL:");
+    println!(
+        "  psql \"{}\" -c \"INSERT INTO articles (title, status) VALUES ('Live!', 'published')\"",
+        cluster.postgres.url(&cluster.database)
+    );
+    println!();
+    println!("Press Ctrl-C to stop; all data is removed on exit.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping...");
+    drop(cluster);
+    Ok(())
+}

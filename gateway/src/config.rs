@@ -1,0 +1,536 @@
+//! Gateway configuration from environment variables.
+//!
+//! Directus's variable names wherever Directus has one (an existing Directus `.env` works); our own
+//! settings use the `REALTIME_` prefix. [`Config::from_vars`] takes a map rather than reading the process
+//! environment, so tests pass exactly what they mean; it validates everything at once and reports every
+//! invalid variable by name. The README's configuration table documents each one.
+
+use common::filter::Limits as FilterLimits;
+use common::query::QueryConfig;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Public,
+    Handshake,
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub enabled: bool,
+    pub rest_enabled: bool,
+    pub rest_path: String,
+    pub rest_auth: AuthMode,
+    pub rest_auth_timeout: Duration,
+    pub rest_conn_limit: Option<usize>,
+    pub graphql_enabled: bool,
+    pub graphql_path: String,
+    pub graphql_auth: AuthMode,
+    pub graphql_auth_timeout: Duration,
+    pub graphql_conn_limit: Option<usize>,
+    pub heartbeat_enabled: bool,
+    pub heartbeat_period: Duration,
+}
+
+/// Per-connection and per-query bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest inbound message (after reassembly); larger closes the socket with 1009.
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub filter: FilterLimits,
+    /// Bytes queued for one connection before it is closed as a slow consumer (close code 4008).
+    pub send_buffer_bytes: usize,
+    /// Largest `init` snapshot, in rows, when the query asks for everything (`limit: -1`).
+    pub init_max_rows: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub points: u32,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub public_url: Option<String>,
+    /// JWT signing secret. Generated per process (with a warning) when unset, as Directus does.
+    pub secret: String,
+    pub secret_generated: bool,
+    /// libpq-style connection string or URL built from `DB_*`.
+    pub db_url: String,
+    pub db_schema: String,
+    pub db_pool_size: usize,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub session_cookie_ttl: Duration,
+    pub session_cookie_name: String,
+    pub refresh_token_cookie_name: String,
+    pub login_stall: Duration,
+    pub admin_email: Option<String>,
+    pub admin_password: Option<String>,
+    pub admin_token: Option<String>,
+    pub ws: WsConfig,
+    pub query: QueryConfig,
+    pub limits: Limits,
+    pub rate_limit: Option<RateLimit>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.var, self.problem)
+    }
+}
+
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn err(&mut self, name: &str, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            var: name.into(),
+            problem: problem.into(),
+        });
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or(default).to_owned()
+    }
+
+    fn opt(&self, name: &str) -> Option<String> {
+        self.raw(name).map(str::to_owned)
+    }
+
+    fn bool(&mut self, name: &str, default: bool) -> bool {
+        match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
+            None => default,
+            Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(other) => {
+                let other = other.to_owned();
+                self.err(name, format!("expected true or false, got {other:?}"));
+                default
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + Copy>(&mut self, name: &str, default: T, min: T) -> T
+    where
+        T: PartialOrd + std::fmt::Display,
+    {
+        match self.raw(name) {
+            None => default,
+            Some(s) => match s.parse::<T>() {
+                Ok(v) if v >= min => v,
+                Ok(_) => {
+                    self.err(name, format!("must be at least {min}"));
+                    default
+                }
+                Err(_) => {
+                    let s = s.to_owned();
+                    self.err(name, format!("expected a number, got {s:?}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn opt_number(&mut self, name: &str, min: i64) -> Option<i64> {
+        self.raw(name)?;
+        Some(self.number(name, min, min))
+    }
+
+    /// Directus `ms`-style durations: `15m`, `7d`, `10s`, `500` (milliseconds).
+    fn ms_duration(&mut self, name: &str, default: &str) -> Duration {
+        let text = self.string(name, default);
+        match parse_ms(&text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                self.err(
+                    name,
+                    format!("expected a duration like 15m, 7d, 30s or milliseconds, got {text:?}"),
+                );
+                parse_ms(default).expect("valid default")
+            }
+        }
+    }
+
+    /// A whole number of seconds (the `WEBSOCKETS_*` timeouts and period).
+    fn seconds(&mut self, name: &str, default: u64) -> Duration {
+        match self.raw(name) {
+            None => Duration::from_secs(default),
+            Some(s) => match s.parse::<f64>() {
+                Ok(v) if v > 0.0 && v.is_finite() => Duration::from_secs_f64(v),
+                _ => {
+                    let s = s.to_owned();
+                    self.err(
+                        name,
+                        format!("expected a positive number of seconds, got {s:?}"),
+                    );
+                    Duration::from_secs(default)
+                }
+            },
+        }
+    }
+
+    fn auth_mode(&mut self, name: &str, default: AuthMode) -> AuthMode {
+        match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
+            None => default,
+            Some("public") => AuthMode::Public,
+            Some("handshake") => AuthMode::Handshake,
+            Some("strict") => AuthMode::Strict,
+            Some(other) => {
+                let other = other.to_owned();
+                self.err(
+                    name,
+                    format!("expected public, handshake or strict, got {other:?}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn path(&mut self, name: &str, default: &str) -> String {
+        let p = self.string(name, default);
+        if !p.starts_with('/') {
+            self.err(name, "must start with /");
+        }
+        p
+    }
+}
+
+/// Parse a Directus/`ms` duration: a number with an optional unit (`ms`, `s`, `m`, `h`, `d`, `w`, `y` and
+/// long forms); a bare number is milliseconds.
+pub fn parse_ms(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let n: f64 = t[..split].parse().ok()?;
+    let unit = t[split..].trim().to_ascii_lowercase();
+    let ms = match unit.as_str() {
+        "" | "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1e3,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60e3,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3600e3,
+        "d" | "day" | "days" => 86_400e3,
+        "w" | "week" | "weeks" => 7.0 * 86_400e3,
+        "y" | "yr" | "yrs" | "year" | "years" => 365.25 * 86_400e3,
+        _ => return None,
+    };
+    let total = n * ms;
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_micros((total * 1000.0) as u64))
+}
+
+fn encode_component(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl Config {
+    /// Read the process environment.
+    pub fn from_env() -> Result<Config, Vec<ConfigError>> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, Vec<ConfigError>> {
+        let mut r = Reader {
+            vars,
+            errors: Vec::new(),
+        };
+
+        let host = r.string("HOST", "0.0.0.0");
+        let port = r.number::<u16>("PORT", 8055, 0);
+        let public_url = r.opt("PUBLIC_URL");
+        let (secret, secret_generated) = match r.opt("SECRET") {
+            Some(s) => (s, false),
+            None => (crate::auth::random_token(32), true),
+        };
+
+        match r.raw("DB_CLIENT") {
+            None | Some("pg") | Some("postgres") | Some("postgresql") => {}
+            Some(other) => {
+                let other = other.to_owned();
+                r.err(
+                    "DB_CLIENT",
+                    format!("only pg (PostgreSQL) is supported, got {other:?}"),
+                );
+            }
+        }
+        let db_url = match r.opt("DB_CONNECTION_STRING") {
+            Some(s) => s,
+            None => {
+                let host = r.string("DB_HOST", "127.0.0.1");
+                let port = r.number::<u16>("DB_PORT", 5432, 1);
+                let database = r.string("DB_DATABASE", "directus");
+                let user = r.string("DB_USER", "postgres");
+                let password = r.opt("DB_PASSWORD");
+                let auth = match password {
+                    Some(p) => format!("{}:{}", encode_component(&user), encode_component(&p)),
+                    None => encode_component(&user),
+                };
+                format!(
+                    "postgres://{auth}@{host}:{port}/{}",
+                    encode_component(&database)
+                )
+            }
+        };
+        if db_url.parse::<tokio_postgres::Config>().is_err() {
+            let var = if vars.contains_key("DB_CONNECTION_STRING") {
+                "DB_CONNECTION_STRING"
+            } else {
+                "DB_HOST"
+            };
+            r.err(var, "does not form a valid PostgreSQL connection string");
+        }
+        let db_schema = r.string("DB_SEARCH_PATH", "public");
+        let db_pool_size = r.number::<usize>("REALTIME_DB_POOL_SIZE", 16, 1);
+
+        let redis_url = r.opt("REDIS");
+        if let Some(u) = &redis_url {
+            if redis::Client::open(u.as_str()).is_err() {
+                r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
+            }
+        }
+        let redis_prefix = r.string("REALTIME_REDIS_PREFIX", "rt");
+
+        let access_token_ttl = r.ms_duration("ACCESS_TOKEN_TTL", "15m");
+        let refresh_token_ttl = r.ms_duration("REFRESH_TOKEN_TTL", "7d");
+        let session_cookie_ttl = r.ms_duration("SESSION_COOKIE_TTL", "1d");
+        let session_cookie_name = r.string("SESSION_COOKIE_NAME", "directus_session_token");
+        let refresh_token_cookie_name =
+            r.string("REFRESH_TOKEN_COOKIE_NAME", "directus_refresh_token");
+        let login_stall = Duration::from_millis(r.number::<u64>("LOGIN_STALL_TIME", 500, 0));
+        let admin_email = r.opt("ADMIN_EMAIL");
+        if let Some(e) = &admin_email {
+            if !common::protocol::is_valid_email(e) {
+                r.err("ADMIN_EMAIL", "is not a valid email address");
+            }
+        }
+        let admin_password = r.opt("ADMIN_PASSWORD");
+        let admin_token = r.opt("ADMIN_TOKEN");
+
+        let ws = WsConfig {
+            enabled: r.bool("WEBSOCKETS_ENABLED", true),
+            rest_enabled: r.bool("WEBSOCKETS_REST_ENABLED", true),
+            rest_path: r.path("WEBSOCKETS_REST_PATH", "/websocket"),
+            rest_auth: r.auth_mode("WEBSOCKETS_REST_AUTH", AuthMode::Handshake),
+            rest_auth_timeout: r.seconds("WEBSOCKETS_REST_AUTH_TIMEOUT", 10),
+            rest_conn_limit: r
+                .opt_number("WEBSOCKETS_REST_CONN_LIMIT", 0)
+                .map(|n| n as usize),
+            graphql_enabled: r.bool("WEBSOCKETS_GRAPHQL_ENABLED", true),
+            graphql_path: r.path("WEBSOCKETS_GRAPHQL_PATH", "/graphql"),
+            graphql_auth: r.auth_mode("WEBSOCKETS_GRAPHQL_AUTH", AuthMode::Handshake),
+            graphql_auth_timeout: r.seconds("WEBSOCKETS_GRAPHQL_AUTH_TIMEOUT", 10),
+            graphql_conn_limit: r
+                .opt_number("WEBSOCKETS_GRAPHQL_CONN_LIMIT", 0)
+                .map(|n| n as usize),
+            heartbeat_enabled: r.bool("WEBSOCKETS_HEARTBEAT_ENABLED", true),
+            heartbeat_period: r.seconds("WEBSOCKETS_HEARTBEAT_PERIOD", 30),
+        };
+        // Accepted for .env compatibility; the admin log stream is served by Directus itself.
+        r.bool("WEBSOCKETS_LOGS_ENABLED", true);
+        r.path("WEBSOCKETS_LOGS_PATH", "/websocket/logs");
+        r.opt_number("WEBSOCKETS_LOGS_CONN_LIMIT", 0);
+        if ws.rest_path == ws.graphql_path {
+            r.err(
+                "WEBSOCKETS_GRAPHQL_PATH",
+                "must differ from WEBSOCKETS_REST_PATH",
+            );
+        }
+
+        let query = QueryConfig {
+            limit_default: r.number::<i64>("QUERY_LIMIT_DEFAULT", 100, 0),
+            limit_max: r.opt_number("QUERY_LIMIT_MAX", -1).filter(|&m| m >= 0),
+            max_relational_depth: r.number::<usize>("MAX_RELATIONAL_DEPTH", 10, 2),
+        };
+        let limits = Limits {
+            max_message_bytes: r.number::<usize>("REALTIME_MAX_MESSAGE_BYTES", 1 << 20, 1024),
+            max_subscriptions_per_connection: r.number::<usize>(
+                "REALTIME_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+                1000,
+                1,
+            ),
+            filter: FilterLimits {
+                max_depth: r.number::<usize>("REALTIME_MAX_FILTER_DEPTH", 16, 1),
+                max_nodes: r.number::<usize>("REALTIME_MAX_FILTER_NODES", 1000, 1),
+            },
+            send_buffer_bytes: r.number::<usize>("REALTIME_SEND_BUFFER_BYTES", 8 << 20, 64 * 1024),
+            init_max_rows: r.number::<i64>("REALTIME_INIT_MAX_ROWS", 100_000, 1),
+        };
+        let rate_limit = if r.bool("RATE_LIMITER_ENABLED", false) {
+            Some(RateLimit {
+                points: r.number::<u32>("RATE_LIMITER_POINTS", 50, 1),
+                duration: r.seconds("RATE_LIMITER_DURATION", 1),
+            })
+        } else {
+            None
+        };
+        let log_format = match r
+            .string("LOG_STYLE", "pretty")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "raw" | "json" => LogFormat::Json,
+            "pretty" | "text" => LogFormat::Text,
+            other => {
+                let other = other.to_owned();
+                r.err(
+                    "LOG_STYLE",
+                    format!("expected pretty or raw, got {other:?}"),
+                );
+                LogFormat::Text
+            }
+        };
+        let log_level = r.string("LOG_LEVEL", "info");
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            r.err(
+                "LOG_LEVEL",
+                "is not a valid level (trace, debug, info, warn, error) or filter",
+            );
+        }
+
+        if !r.errors.is_empty() {
+            return Err(r.errors);
+        }
+        Ok(Config {
+            host,
+            port,
+            public_url,
+            secret,
+            secret_generated,
+            db_url,
+            db_schema,
+            db_pool_size,
+            redis_url,
+            redis_prefix,
+            access_token_ttl,
+            refresh_token_ttl,
+            session_cookie_ttl,
+            session_cookie_name,
+            refresh_token_cookie_name,
+            login_stall,
+            admin_email,
+            admin_password,
+            admin_token,
+            ws,
+            query,
+            limits,
+            rate_limit,
+            log_format,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_directus() {
+        let c = Config::from_vars(&vars(&[("SECRET", "s")])).unwrap();
+        assert_eq!(c.port, 8055);
+        assert_eq!(c.ws.rest_path, "/websocket");
+        assert_eq!(c.ws.rest_auth, AuthMode::Handshake);
+        assert_eq!(c.ws.rest_auth_timeout, Duration::from_secs(10));
+        assert_eq!(c.ws.heartbeat_period, Duration::from_secs(30));
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.refresh_token_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(c.login_stall, Duration::from_millis(500));
+        assert_eq!(c.query.limit_default, 100);
+        assert!(!c.secret_generated);
+    }
+
+    #[test]
+    fn every_invalid_variable_is_named() {
+        let errs = Config::from_vars(&vars(&[
+            ("PORT", "eighty"),
+            ("WEBSOCKETS_REST_AUTH", "open"),
+            ("WEBSOCKETS_HEARTBEAT_ENABLED", "yes please"),
+            ("ACCESS_TOKEN_TTL", "soon"),
+            ("DB_CLIENT", "mysql"),
+            ("WEBSOCKETS_REST_PATH", "ws"),
+            ("REDIS", "not a url"),
+        ]))
+        .unwrap_err();
+        let named: Vec<&str> = errs.iter().map(|e| e.var.as_str()).collect();
+        for var in [
+            "PORT",
+            "WEBSOCKETS_REST_AUTH",
+            "WEBSOCKETS_HEARTBEAT_ENABLED",
+            "ACCESS_TOKEN_TTL",
+            "DB_CLIENT",
+            "WEBSOCKETS_REST_PATH",
+            "REDIS",
+        ] {
+            assert!(named.contains(&var), "{var} not reported in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn db_url_from_parts_or_connection_string() {
+        let c = Config::from_vars(&vars(&[
+            ("DB_HOST", "db"),
+            ("DB_PORT", "6543"),
+            ("DB_DATABASE", "x y"),
+            ("DB_USER", "u"),
+            ("DB_PASSWORD", "p@ss"),
+        ]))
+        .unwrap();
+        assert_eq!(c.db_url, "postgres://u:p%40ss@db:6543/x%20y");
+        let c =
+            Config::from_vars(&vars(&[("DB_CONNECTION_STRING", "host=/tmp dbname=d")])).unwrap();
+        assert_eq!(c.db_url, "host=/tmp dbname=d");
+        assert!(c.secret_generated);
+    }
+
+    #[test]
+    fn ms_durations() {
+        assert_eq!(parse_ms("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_ms("500"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_ms("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_ms("7 days"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_ms("abc"), None);
+        assert_eq!(parse_ms("5 parsecs"), None);
+    }
+}

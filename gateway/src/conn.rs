@@ -1,0 +1,385 @@
+//! The task that owns one `/websocket` connection.
+//!
+//! One task per socket selects over: the socket becoming readable, the one operation in flight
+//! (authentication or subscribe), the socket becoming writable while output is pending, the session's
+//! next timer, and shutdown. It never blocks on a write: frames go into a write buffer that is flushed
+//! with non-blocking writes, so many queued frames leave in one syscall.
+//!
+//! Memory: the read buffer exists only while bytes are pending and the write buffer only while output is
+//! pending; an idle connection holds the task, the socket and the session.
+
+use crate::auth::{Accountability, AuthError, Authenticated, ClientInfo};
+use crate::session::{Action, AuthPurpose, Session};
+use crate::state::AppState;
+use crate::subscribe::{ActiveSub, subscribe};
+use common::protocol::{Credentials, Uid, close};
+use common::ws::{Decoder, Message, OpCode, encode_close, encode_frame};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Bytes read per readiness event before frames are processed (bounds one read burst).
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a closing connection waits for the peer to finish its side before the socket is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Result of the operation in flight.
+enum Done {
+    Auth {
+        purpose: AuthPurpose,
+        uid: Option<Uid>,
+        result: Result<Authenticated, AuthError>,
+    },
+    Subscribe {
+        uid: String,
+        result: Result<(ActiveSub, Vec<u8>), Vec<u8>>,
+    },
+}
+
+type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// How the connection was admitted at the HTTP upgrade.
+pub struct Admission {
+    /// The identity from a token in the URL or cookie (any mode), else `None`.
+    pub token: Option<Authenticated>,
+    /// The public role for this client.
+    pub public: Arc<Accountability>,
+    pub client: ClientInfo,
+}
+
+struct Conn {
+    state: Arc<AppState>,
+    stream: TcpStream,
+    /// Unprocessed inbound bytes, `rbuf[rpos..]`. Empty (no allocation) when idle.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Outbound bytes not yet written, `wbuf[wpos..]`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    decoder: Decoder,
+    session: Session<ActiveSub>,
+    acct: Arc<Accountability>,
+    public: Arc<Accountability>,
+    client: ClientInfo,
+    pending: Option<Pending>,
+    closing: bool,
+    peer_gone: bool,
+}
+
+fn instant_for(epoch_secs: i64) -> Instant {
+    let now_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let delta = epoch_secs as f64 - now_secs;
+    if delta <= 0.0 {
+        Instant::now()
+    } else {
+        Instant::now() + Duration::from_secs_f64(delta)
+    }
+}
+
+/// Serve one upgraded connection until it closes. `leftover` is what the HTTP layer read past the request.
+pub async fn serve(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    admission: Admission,
+) {
+    let now = Instant::now();
+    let token_expiry = admission
+        .token
+        .as_ref()
+        .map(|t| t.expires_at.map(instant_for));
+    let session = Session::new(&state.rest_session, now, token_expiry);
+    let acct = admission
+        .token
+        .as_ref()
+        .map(|t| t.accountability.clone())
+        .unwrap_or_else(|| admission.public.clone());
+    let mut conn = Conn {
+        decoder: Decoder::server(state.config.limits.max_message_bytes),
+        state,
+        stream,
+        rbuf: leftover,
+        rpos: 0,
+        wbuf: Vec::new(),
+        wpos: 0,
+        session,
+        acct,
+        public: admission.public,
+        client: admission.client,
+        pending: None,
+        closing: false,
+        peer_gone: false,
+    };
+    conn.run().await;
+}
+
+impl Conn {
+    async fn run(&mut self) {
+        let mut shutdown = self.state.shutdown.clone();
+        // Frames that arrived together with the upgrade request.
+        self.process_input();
+        loop {
+            self.flush();
+            if self.peer_gone || (self.closing && self.wbuf.is_empty()) {
+                break;
+            }
+            let deadline = self.session.next_deadline();
+            let can_read = !self.closing && self.pending.is_none();
+            tokio::select! {
+                ready = self.stream.readable(), if can_read => {
+                    if ready.is_err() {
+                        self.peer_gone = true;
+                        continue;
+                    }
+                    self.read_available();
+                    self.process_input();
+                }
+                done = async { self.pending.as_mut().expect("guarded").await }, if self.pending.is_some() => {
+                    self.pending = None;
+                    self.on_done(done);
+                    // Messages that queued up behind the operation.
+                    self.process_input();
+                }
+                ready = self.stream.writable(), if !self.wbuf.is_empty() => {
+                    if ready.is_err() {
+                        self.peer_gone = true;
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let actions = self.session.on_timer(&self.state.rest_session, Instant::now());
+                    self.apply(actions);
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.close(Some(close::SERVICE_RESTART), "server shutting down");
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.session.take_all();
+        if self.peer_gone {
+            return;
+        }
+        // Our close frame is out; half-close and give the peer a moment to answer before dropping.
+        let _ = self.stream.shutdown().await;
+        let mut scratch = [0u8; 1024];
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read(&mut scratch) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Read what the socket has, up to one chunk.
+    fn read_available(&mut self) {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+        self.rbuf.reserve(READ_CHUNK);
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => self.peer_gone = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => self.peer_gone = true,
+        }
+    }
+
+    /// Decode and handle buffered frames until the buffer is empty, an operation starts, or we close.
+    fn process_input(&mut self) {
+        while !self.closing && self.pending.is_none() && self.rpos < self.rbuf.len() {
+            let decoded = self.decoder.decode(&mut self.rbuf[self.rpos..]);
+            match decoded {
+                Ok(None) => break,
+                Ok(Some((msg, used))) => {
+                    self.rpos += used;
+                    if let Some(msg) = msg {
+                        self.on_frame(msg);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "closing connection on a framing error");
+                    self.close(Some(e.close_code()), &e.to_string());
+                }
+            }
+        }
+        if self.rpos == self.rbuf.len() {
+            // Idle: give the buffer back.
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+        } else if self.rpos > 0 && self.rpos > self.rbuf.len() / 2 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+    }
+
+    fn on_frame(&mut self, msg: Message) {
+        match msg {
+            Message::Data { payload, .. } => {
+                let actions =
+                    self.session
+                        .on_message(&self.state.rest_session, Instant::now(), &payload);
+                self.apply(actions);
+            }
+            // RFC 6455 requires answering pings (Directus's `ws` server does not; answering is harmless).
+            Message::Ping(payload) => encode_frame(&mut self.wbuf, OpCode::Pong, &payload),
+            Message::Pong(_) => {}
+            Message::Close(code) => {
+                // Echo the peer's code, as the close handshake asks.
+                let code = code
+                    .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
+                    .or(Some(close::NORMAL));
+                self.close(code, "");
+            }
+        }
+    }
+
+    fn close(&mut self, code: Option<u16>, reason: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        encode_close(&mut self.wbuf, code, reason);
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        encode_frame(&mut self.wbuf, OpCode::Text, frame);
+    }
+
+    fn apply(&mut self, actions: Vec<Action<ActiveSub>>) {
+        for action in actions {
+            if self.closing {
+                return;
+            }
+            match action {
+                Action::Send(frame) => self.send(&frame),
+                Action::Close(code) => self.close(code, ""),
+                Action::FallBackToPublic => self.acct = self.public.clone(),
+                Action::Authenticate {
+                    credentials,
+                    uid,
+                    purpose,
+                } => {
+                    let state = self.state.clone();
+                    let client = self.client.clone();
+                    self.pending = Some(Box::pin(async move {
+                        let result = match credentials {
+                            Credentials::AccessToken(t) => {
+                                state.auth.verify_access_token(&t, client.ip).await
+                            }
+                            Credentials::RefreshToken(t) => {
+                                state.auth.authenticate_refresh(&t, &client).await
+                            }
+                            Credentials::Login { email, password } => {
+                                state
+                                    .auth
+                                    .authenticate_login(&email, &password, &client)
+                                    .await
+                            }
+                        };
+                        Done::Auth {
+                            purpose,
+                            uid,
+                            result,
+                        }
+                    }));
+                }
+                Action::Subscribe { request, uid } => {
+                    let state = self.state.clone();
+                    let acct = self.acct.clone();
+                    self.pending = Some(Box::pin(async move {
+                        let result = subscribe(&state, &acct, request, &uid).await;
+                        Done::Subscribe { uid, result }
+                    }));
+                }
+                Action::Unsubscribed(_subs) => {}
+            }
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let cfg = &self.state.rest_session;
+        let now = Instant::now();
+        let actions = match done {
+            Done::Auth {
+                purpose,
+                uid,
+                result,
+            } => {
+                let outcome = match result {
+                    Ok(auth) => {
+                        self.acct = auth.accountability.clone();
+                        Ok((auth.expires_at.map(instant_for), auth.refresh_token))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "websocket authentication failed");
+                        Err(())
+                    }
+                };
+                self.session
+                    .on_auth(cfg, now, purpose, uid.as_ref(), outcome)
+            }
+            Done::Subscribe { uid, result } => self.session.on_subscribed(uid, result),
+        };
+        self.apply(actions);
+    }
+
+    /// Write as much pending output as the socket takes without blocking.
+    fn flush(&mut self) {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.try_write(&self.wbuf[self.wpos..]) {
+                Ok(0) => {
+                    self.peer_gone = true;
+                    return;
+                }
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.peer_gone = true;
+                    return;
+                }
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            // Idle: give the buffer back.
+            self.wbuf = Vec::new();
+            self.wpos = 0;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts an open `/websocket` connection for its lifetime.
+pub struct ConnGuard(pub Arc<AppState>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.rest_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

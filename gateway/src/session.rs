@@ -1,0 +1,851 @@
+//! The protocol state of one `/websocket` connection, as a pure state machine.
+//!
+//! The socket task feeds it messages, results of the work it asked for, and the clock; it answers with
+//! [`Action`]s (frames to send, a close, an authentication or subscription to run). No I/O happens here,
+//! so every rule of spec §1–§3 (auth modes, the handshake, token expiry and re-auth window, heartbeat,
+//! uid echo rules, subscribe/unsubscribe bookkeeping) is unit-tested below with a fake clock.
+//!
+//! Decisions where the sources disagree (DESIGN §4): a subscribe without uid gets a server-generated uid; a
+//! subscribe that repeats a live uid is ignored; after a failed re-auth or a token expiry the connection
+//! falls back to the public role (never to unrestricted).
+
+use crate::config::{AuthMode, RateLimit};
+use common::protocol::{
+    self, ClientMessage, Credentials, ErrorCode, SubscribeRequest, Uid, error_frame,
+    parse_client_message,
+};
+use std::time::{Duration, Instant};
+
+/// Settings shared by every session of a listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub mode: AuthMode,
+    /// Handshake wait and the re-auth window after TOKEN_EXPIRED.
+    pub auth_timeout: Duration,
+    /// `None` when the heartbeat is disabled.
+    pub heartbeat: Option<Duration>,
+    pub max_subscriptions: usize,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Why an authentication was requested: it decides what success and failure do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthPurpose {
+    /// The first message in handshake mode.
+    Handshake,
+    /// An `auth` message on an open connection (login, refresh, or re-auth after expiry).
+    Message,
+}
+
+/// What the socket task must do.
+#[derive(Debug, PartialEq)]
+pub enum Action<S> {
+    Send(Vec<u8>),
+    /// Close after flushing what was sent; `None` = no status code (Directus's `close()`).
+    Close(Option<u16>),
+    /// Verify the credentials, set the connection's identity on success, and report with
+    /// [`Session::on_auth`].
+    Authenticate {
+        credentials: Credentials,
+        uid: Option<Uid>,
+        purpose: AuthPurpose,
+    },
+    /// The connection is back to the public role (failed auth, or token expiry).
+    FallBackToPublic,
+    /// Normalise, register and snapshot a subscription, then report with [`Session::on_subscribed`].
+    /// `uid` is `String(uid)`, or a generated uid when the client sent none.
+    Subscribe {
+        request: SubscribeRequest,
+        uid: String,
+    },
+    /// These subscriptions ended: unregister them.
+    Unsubscribed(Vec<S>),
+}
+
+enum Phase {
+    Handshake { deadline: Instant },
+    Open,
+}
+
+/// A live subscription: its uid and whatever the socket task keeps for it.
+pub struct Sub<S> {
+    pub uid: String,
+    pub data: S,
+}
+
+/// The identity-independent protocol state of one connection.
+pub struct Session<S> {
+    phase: Phase,
+    /// A user (not the public role) is authenticated.
+    authenticated: bool,
+    expires_at: Option<Instant>,
+    reauth_deadline: Option<Instant>,
+    heartbeat_due: Option<Instant>,
+    /// A ping went out and no sign of life came back yet.
+    awaiting_life: bool,
+    /// An authentication or subscription is running; the socket task reads no further messages meanwhile.
+    busy: bool,
+    subs: Vec<Sub<S>>,
+    /// Fixed-window rate limiting: (window start, messages counted in it).
+    rate: Option<(Instant, u32)>,
+}
+
+impl<S> Session<S> {
+    /// A new session. `token` is set when the upgrade carried a valid token (any mode): the connection
+    /// starts authenticated, with the token's expiry.
+    pub fn new(cfg: &SessionConfig, now: Instant, token: Option<Option<Instant>>) -> Session<S> {
+        let mut s = Session {
+            phase: Phase::Open,
+            authenticated: false,
+            expires_at: None,
+            reauth_deadline: None,
+            heartbeat_due: None,
+            awaiting_life: false,
+            busy: false,
+            subs: Vec::new(),
+            rate: None,
+        };
+        match token {
+            Some(expires) => {
+                s.authenticated = true;
+                s.expires_at = expires;
+                s.open(cfg, now);
+            }
+            None if cfg.mode == AuthMode::Handshake => {
+                s.phase = Phase::Handshake {
+                    deadline: now + cfg.auth_timeout,
+                };
+            }
+            None => s.open(cfg, now),
+        }
+        s
+    }
+
+    fn open(&mut self, cfg: &SessionConfig, now: Instant) {
+        self.phase = Phase::Open;
+        self.heartbeat_due = cfg.heartbeat.map(|p| now + p);
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    pub fn subscriptions(&self) -> &[Sub<S>] {
+        &self.subs
+    }
+
+    pub fn subscriptions_mut(&mut self) -> &mut [Sub<S>] {
+        &mut self.subs
+    }
+
+    /// Remove the subscriptions for which `drop` is true (e.g. no longer permitted) and return them.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&Sub<S>) -> bool) -> Vec<S> {
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < self.subs.len() {
+            if drop(&self.subs[i]) {
+                removed.push(self.subs.remove(i).data);
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    /// Take every subscription (the connection is closing).
+    pub fn take_all(&mut self) -> Vec<S> {
+        self.subs.drain(..).map(|s| s.data).collect()
+    }
+
+    /// When [`Session::on_timer`] must run next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let handshake = match self.phase {
+            Phase::Handshake { deadline } => Some(deadline),
+            Phase::Open => None,
+        };
+        [
+            handshake,
+            self.expires_at,
+            self.reauth_deadline,
+            self.heartbeat_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn handshake_failed() -> Vec<u8> {
+        error_frame(
+            "auth",
+            ErrorCode::AuthFailed,
+            protocol::MSG_HANDSHAKE_FAILED,
+            None,
+        )
+    }
+
+    /// One inbound text (or binary) message.
+    pub fn on_message(&mut self, cfg: &SessionConfig, now: Instant, text: &[u8]) -> Vec<Action<S>> {
+        if let Phase::Handshake { .. } = self.phase {
+            return match parse_client_message(text) {
+                Ok(ClientMessage::Auth {
+                    credentials: Ok(credentials),
+                    uid,
+                }) => {
+                    self.busy = true;
+                    vec![Action::Authenticate {
+                        credentials,
+                        uid,
+                        purpose: AuthPurpose::Handshake,
+                    }]
+                }
+                _ => vec![
+                    Action::Send(Self::handshake_failed()),
+                    Action::Close(protocol::close::NO_STATUS),
+                ],
+            };
+        }
+        if let Some(limit) = &cfg.rate_limit {
+            let (start, count) = self.rate.get_or_insert((now, 0));
+            if now.duration_since(*start) >= limit.duration {
+                *start = now;
+                *count = 0;
+            }
+            if *count >= limit.points {
+                let retry = limit
+                    .duration
+                    .saturating_sub(now.duration_since(*start))
+                    .as_millis();
+                return vec![Action::Send(error_frame(
+                    "server",
+                    ErrorCode::RequestsExceeded,
+                    &format!("Too many messages, retry after {retry}ms."),
+                    None,
+                ))];
+            }
+            *count += 1;
+        }
+        let msg = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(rejection) => return vec![Action::Send(rejection.frame(None))],
+        };
+        if let ClientMessage::Auth { credentials, uid } = msg {
+            // Any auth message ends the re-auth wait after TOKEN_EXPIRED; it is then handled normally.
+            self.reauth_deadline = None;
+            return match credentials {
+                Ok(credentials) => {
+                    self.busy = true;
+                    vec![Action::Authenticate {
+                        credentials,
+                        uid,
+                        purpose: AuthPurpose::Message,
+                    }]
+                }
+                Err(_) => self.auth_failed(cfg, uid.as_ref()),
+            };
+        }
+        // Every valid non-auth message is a sign of life for the heartbeat.
+        self.awaiting_life = false;
+        match msg {
+            ClientMessage::Subscribe(request) => {
+                let uid = match &request.uid {
+                    Some(u) => u.to_js_string(),
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
+                if self.subs.iter().any(|s| s.uid == uid) {
+                    // A repeated live uid is ignored (the SDK re-sends its subscribes after a reconnect).
+                    return Vec::new();
+                }
+                if self.subs.len() >= cfg.max_subscriptions {
+                    return vec![Action::Send(error_frame(
+                        "subscribe",
+                        ErrorCode::LimitExceeded,
+                        &format!(
+                            "Too many subscriptions on this connection (at most {}).",
+                            cfg.max_subscriptions
+                        ),
+                        request.uid.as_ref(),
+                    ))];
+                }
+                self.busy = true;
+                vec![Action::Subscribe { request, uid }]
+            }
+            ClientMessage::Unsubscribe { uid } => {
+                let removed = match &uid {
+                    Some(u) => {
+                        let key = u.to_js_string();
+                        self.remove_where(|s| s.uid == key)
+                    }
+                    None => self.take_all(),
+                };
+                let mut actions = Vec::new();
+                if !removed.is_empty() {
+                    actions.push(Action::Unsubscribed(removed));
+                }
+                actions.push(Action::Send(protocol::unsubscribe_frame(uid.as_ref())));
+                actions
+            }
+            ClientMessage::Ping { uid } if cfg.heartbeat.is_some() => {
+                vec![Action::Send(protocol::pong_frame(uid.as_ref()))]
+            }
+            ClientMessage::Items { uid } => vec![Action::Send(error_frame(
+                "items",
+                ErrorCode::InvalidPayload,
+                "Invalid payload. The \"items\" message type is not supported by this realtime server; write through the Directus REST API or the database.",
+                uid.as_ref(),
+            ))],
+            _ => Vec::new(),
+        }
+    }
+
+    fn auth_failed(&mut self, cfg: &SessionConfig, uid: Option<&Uid>) -> Vec<Action<S>> {
+        self.authenticated = false;
+        self.expires_at = None;
+        let mut actions = vec![
+            Action::FallBackToPublic,
+            Action::Send(error_frame(
+                "auth",
+                ErrorCode::AuthFailed,
+                protocol::MSG_AUTH_FAILED,
+                uid,
+            )),
+        ];
+        if cfg.mode != AuthMode::Public {
+            actions.push(Action::Close(protocol::close::NO_STATUS));
+        }
+        actions
+    }
+
+    /// The result of an [`Action::Authenticate`]. On success the socket task has already replaced the
+    /// identity; `expires_at` is the new token's expiry.
+    pub fn on_auth(
+        &mut self,
+        cfg: &SessionConfig,
+        now: Instant,
+        purpose: AuthPurpose,
+        uid: Option<&Uid>,
+        result: Result<(Option<Instant>, Option<String>), ()>,
+    ) -> Vec<Action<S>> {
+        self.busy = false;
+        match (purpose, result) {
+            (AuthPurpose::Handshake, Ok((expires, refresh))) => {
+                self.authenticated = true;
+                self.expires_at = expires;
+                self.open(cfg, now);
+                vec![Action::Send(protocol::auth_ok_frame(
+                    uid,
+                    refresh.as_deref(),
+                ))]
+            }
+            (AuthPurpose::Handshake, Err(())) => {
+                vec![
+                    Action::Send(Self::handshake_failed()),
+                    Action::Close(protocol::close::NO_STATUS),
+                ]
+            }
+            (AuthPurpose::Message, Ok((expires, refresh))) => {
+                self.authenticated = true;
+                self.expires_at = expires;
+                vec![Action::Send(protocol::auth_ok_frame(
+                    uid,
+                    refresh.as_deref(),
+                ))]
+            }
+            (AuthPurpose::Message, Err(())) => self.auth_failed(cfg, uid),
+        }
+    }
+
+    /// The result of an [`Action::Subscribe`]: the subscription and its `init` frame, or the error frame.
+    pub fn on_subscribed(
+        &mut self,
+        uid: String,
+        result: Result<(S, Vec<u8>), Vec<u8>>,
+    ) -> Vec<Action<S>> {
+        self.busy = false;
+        match result {
+            Ok((data, init)) => {
+                self.subs.push(Sub { uid, data });
+                vec![Action::Send(init)]
+            }
+            Err(frame) => vec![Action::Send(frame)],
+        }
+    }
+
+    /// Run the timers that are due.
+    pub fn on_timer(&mut self, cfg: &SessionConfig, now: Instant) -> Vec<Action<S>> {
+        let mut actions = Vec::new();
+        if let Phase::Handshake { deadline } = self.phase {
+            if now >= deadline && !self.busy {
+                actions.push(Action::Send(Self::handshake_failed()));
+                actions.push(Action::Close(protocol::close::NO_STATUS));
+                return actions;
+            }
+        }
+        if self.expires_at.is_some_and(|t| now >= t) {
+            self.expires_at = None;
+            self.authenticated = false;
+            self.reauth_deadline = Some(now + cfg.auth_timeout);
+            actions.push(Action::FallBackToPublic);
+            actions.push(Action::Send(error_frame(
+                "auth",
+                ErrorCode::TokenExpired,
+                protocol::MSG_TOKEN_EXPIRED,
+                None,
+            )));
+        }
+        if self.reauth_deadline.is_some_and(|t| now >= t) {
+            self.reauth_deadline = None;
+            actions.push(Action::Send(error_frame(
+                "auth",
+                ErrorCode::AuthTimeout,
+                protocol::MSG_AUTH_TIMEOUT,
+                None,
+            )));
+            if cfg.mode != AuthMode::Public {
+                actions.push(Action::Close(protocol::close::NO_STATUS));
+                return actions;
+            }
+        }
+        if let (Some(due), Some(period)) = (self.heartbeat_due, cfg.heartbeat) {
+            if now >= due {
+                if self.awaiting_life {
+                    actions.push(Action::Close(protocol::close::NO_STATUS));
+                    return actions;
+                }
+                self.awaiting_life = true;
+                // Rounds are back to back: the next one starts when this one's deadline passes.
+                self.heartbeat_due = Some(due + period);
+                actions.push(Action::Send(protocol::PING_FRAME.to_vec()));
+            }
+        }
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value as Json, json};
+
+    fn cfg(mode: AuthMode) -> SessionConfig {
+        SessionConfig {
+            mode,
+            auth_timeout: Duration::from_secs(10),
+            heartbeat: Some(Duration::from_secs(30)),
+            max_subscriptions: 3,
+            rate_limit: None,
+        }
+    }
+
+    fn sent<S>(actions: &[Action<S>]) -> Vec<Json> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(b) => Some(serde_json::from_slice(b).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes<S>(actions: &[Action<S>]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Close(_)))
+    }
+
+    fn msg(v: Json) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    type S = Session<u32>;
+
+    #[test]
+    fn handshake_success_then_open() {
+        let c = cfg(AuthMode::Handshake);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        let a = s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"auth","access_token":"tok","uid":7})),
+        );
+        assert!(matches!(
+            &a[..],
+            [Action::Authenticate {
+                purpose: AuthPurpose::Handshake,
+                ..
+            }]
+        ));
+        assert!(s.is_busy());
+        let a = s.on_auth(
+            &c,
+            t0,
+            AuthPurpose::Handshake,
+            Some(&Uid::Num(7.into())),
+            Ok((None, None)),
+        );
+        assert_eq!(sent(&a), vec![json!({"type":"auth","status":"ok","uid":7})]);
+        assert!(s.is_authenticated());
+        assert_eq!(
+            s.next_deadline(),
+            Some(t0 + Duration::from_secs(30)),
+            "heartbeat armed after handshake"
+        );
+    }
+
+    #[test]
+    fn handshake_first_message_must_be_auth() {
+        let c = cfg(AuthMode::Handshake);
+        let t0 = Instant::now();
+        for first in [json!({"type":"ping"}), json!({"type":"auth"}), json!([1])] {
+            let mut s = S::new(&c, t0, None);
+            let a = s.on_message(&c, t0, &msg(first));
+            assert_eq!(
+                sent(&a),
+                vec![
+                    json!({"type":"auth","status":"error","error":{"code":"AUTH_FAILED","message":"Authentication handshake failed."}})
+                ]
+            );
+            assert!(closes(&a));
+        }
+        let mut s = S::new(&c, t0, None);
+        let a = s.on_message(&c, t0, b"{nope");
+        assert!(closes(&a));
+    }
+
+    #[test]
+    fn handshake_failure_and_timeout() {
+        let c = cfg(AuthMode::Handshake);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"auth","email":"a@b.co","password":"x","uid":"u"})),
+        );
+        let a = s.on_auth(
+            &c,
+            t0,
+            AuthPurpose::Handshake,
+            Some(&Uid::Str("u".into())),
+            Err(()),
+        );
+        assert_eq!(
+            sent(&a)[0]["error"]["message"],
+            "Authentication handshake failed."
+        );
+        assert!(
+            sent(&a)[0].get("uid").is_none(),
+            "handshake failures carry no uid"
+        );
+        assert!(closes(&a));
+
+        let mut s = S::new(&c, t0, None);
+        assert!(s.on_timer(&c, t0 + Duration::from_secs(9)).is_empty());
+        let a = s.on_timer(&c, t0 + Duration::from_secs(10));
+        assert!(closes(&a));
+    }
+
+    #[test]
+    fn public_mode_auth_failure_stays_open_and_falls_back() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"auth","access_token":"bad","uid":"x"})),
+        );
+        let a = s.on_auth(
+            &c,
+            t0,
+            AuthPurpose::Message,
+            Some(&Uid::Str("x".into())),
+            Err(()),
+        );
+        assert!(a.contains(&Action::FallBackToPublic));
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"auth","status":"error","error":{"code":"AUTH_FAILED","message":"Authentication failed."},"uid":"x"})
+            ]
+        );
+        assert!(!closes(&a));
+        // In other modes the same failure closes.
+        let c = cfg(AuthMode::Strict);
+        let mut s = S::new(&c, t0, Some(None));
+        let a = s.on_auth(&c, t0, AuthPurpose::Message, None, Err(()));
+        assert!(closes(&a));
+        assert!(!s.is_authenticated());
+    }
+
+    #[test]
+    fn malformed_auth_is_a_failed_auth() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        let a = s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"auth","email":"not-an-email","password":"x","uid":1})),
+        );
+        assert_eq!(sent(&a)[0]["error"]["code"], "AUTH_FAILED");
+        assert_eq!(sent(&a)[0]["uid"], 1);
+    }
+
+    #[test]
+    fn auth_success_echoes_uid_and_refresh_token() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"auth","refresh_token":"r","uid":"a"})),
+        );
+        let a = s.on_auth(
+            &c,
+            t0,
+            AuthPurpose::Message,
+            Some(&Uid::Str("a".into())),
+            Ok((None, Some("new".into()))),
+        );
+        assert_eq!(
+            sent(&a),
+            vec![json!({"type":"auth","status":"ok","uid":"a","refresh_token":"new"})]
+        );
+    }
+
+    #[test]
+    fn token_expiry_then_reauth_window() {
+        let c = cfg(AuthMode::Handshake);
+        let t0 = Instant::now();
+        let exp = t0 + Duration::from_secs(5);
+        let mut s = S::new(&c, t0, Some(Some(exp)));
+        assert_eq!(s.next_deadline(), Some(exp));
+        let a = s.on_timer(&c, exp);
+        assert!(a.contains(&Action::FallBackToPublic));
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"auth","status":"error","error":{"code":"TOKEN_EXPIRED","message":"Token expired."}})
+            ]
+        );
+        assert!(!closes(&a));
+        // A wrong-type message does not end the wait.
+        s.on_message(&c, exp, &msg(json!({"type":"pong"})));
+        let a = s.on_timer(&c, exp + Duration::from_secs(10));
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"auth","status":"error","error":{"code":"AUTH_TIMEOUT","message":"Authentication timed out."}})
+            ]
+        );
+        assert!(closes(&a));
+    }
+
+    #[test]
+    fn reauth_within_window_keeps_connection() {
+        let c = cfg(AuthMode::Strict);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, Some(Some(t0)));
+        s.on_timer(&c, t0);
+        let a = s.on_message(&c, t0, &msg(json!({"type":"auth","access_token":"fresh"})));
+        assert!(matches!(&a[..], [Action::Authenticate { .. }]));
+        let later = t0 + Duration::from_secs(3600);
+        s.on_auth(&c, t0, AuthPurpose::Message, None, Ok((Some(later), None)));
+        let a = s.on_timer(&c, t0 + Duration::from_secs(11));
+        assert!(!closes(&a), "no AUTH_TIMEOUT after a successful re-auth");
+        assert!(s.is_authenticated());
+    }
+
+    #[test]
+    fn public_mode_auth_timeout_does_not_close() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, Some(Some(t0)));
+        s.on_timer(&c, t0);
+        let a = s.on_timer(&c, t0 + Duration::from_secs(10));
+        assert_eq!(sent(&a)[0]["error"]["code"], "AUTH_TIMEOUT");
+        assert!(!closes(&a));
+    }
+
+    #[test]
+    fn heartbeat_pings_and_closes_silent_clients() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let p = Duration::from_secs(30);
+        let mut s = S::new(&c, t0, None);
+        assert_eq!(sent(&s.on_timer(&c, t0 + p)), vec![json!({"type":"ping"})]);
+        // Any valid non-auth message counts as alive.
+        s.on_message(&c, t0 + p, &msg(json!({"type":"anything"})));
+        assert_eq!(
+            sent(&s.on_timer(&c, t0 + 2 * p)),
+            vec![json!({"type":"ping"})]
+        );
+        // An unparseable message does not.
+        s.on_message(&c, t0 + 2 * p, b"garbage");
+        let a = s.on_timer(&c, t0 + 3 * p);
+        assert_eq!(a, vec![Action::Close(None)]);
+    }
+
+    #[test]
+    fn ping_pong_only_with_heartbeat() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        assert_eq!(
+            sent(&s.on_message(&c, t0, &msg(json!({"type":"ping","uid":"p"})))),
+            vec![json!({"type":"pong","uid":"p"})]
+        );
+        let mut off = cfg(AuthMode::Public);
+        off.heartbeat = None;
+        let mut s = S::new(&off, t0, None);
+        assert!(
+            s.on_message(&off, t0, &msg(json!({"type":"ping"})))
+                .is_empty()
+        );
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn subscribe_uids_duplicates_and_limits() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        let a = s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"subscribe","collection":"a","uid":1})),
+        );
+        let Action::Subscribe { uid, .. } = &a[0] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(uid, "1");
+        s.on_subscribed("1".into(), Ok((10, b"{}".to_vec())));
+        // Same uid as a number or string: ignored.
+        assert!(
+            s.on_message(
+                &c,
+                t0,
+                &msg(json!({"type":"subscribe","collection":"a","uid":"1"}))
+            )
+            .is_empty()
+        );
+        // Without uid: one is generated.
+        let a = s.on_message(&c, t0, &msg(json!({"type":"subscribe","collection":"a"})));
+        let Action::Subscribe { uid, .. } = &a[0] else {
+            panic!()
+        };
+        assert_eq!(uid.len(), 36);
+        let generated = uid.clone();
+        s.on_subscribed(generated, Ok((11, b"{}".to_vec())));
+        s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"subscribe","collection":"a","uid":3})),
+        );
+        s.on_subscribed("3".into(), Ok((12, b"{}".to_vec())));
+        let a = s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"subscribe","collection":"a","uid":4})),
+        );
+        assert_eq!(sent(&a)[0]["error"]["code"], "LIMIT_EXCEEDED");
+        assert_eq!(sent(&a)[0]["uid"], 4);
+        // A failed subscribe is not registered.
+        let mut s2 = S::new(&c, t0, None);
+        s2.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"subscribe","collection":"nope","uid":"x"})),
+        );
+        s2.on_subscribed("x".into(), Err(b"{\"type\":\"subscribe\"}".to_vec()));
+        assert!(s2.subscriptions().is_empty());
+    }
+
+    #[test]
+    fn unsubscribe_one_all_and_unknown() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        for (i, uid) in ["a", "b"].iter().enumerate() {
+            s.on_message(
+                &c,
+                t0,
+                &msg(json!({"type":"subscribe","collection":"c","uid":uid})),
+            );
+            s.on_subscribed(uid.to_string(), Ok((i as u32, Vec::new())));
+        }
+        let a = s.on_message(&c, t0, &msg(json!({"type":"unsubscribe","uid":"a"})));
+        assert_eq!(a[0], Action::Unsubscribed(vec![0]));
+        assert_eq!(
+            sent(&a),
+            vec![json!({"type":"subscription","event":"unsubscribe","uid":"a"})]
+        );
+        let a = s.on_message(&c, t0, &msg(json!({"type":"unsubscribe","uid":"zzz"})));
+        assert_eq!(
+            sent(&a),
+            vec![json!({"type":"subscription","event":"unsubscribe","uid":"zzz"})],
+            "always confirmed"
+        );
+        let a = s.on_message(&c, t0, &msg(json!({"type":"unsubscribe"})));
+        assert_eq!(a[0], Action::Unsubscribed(vec![1]));
+        assert_eq!(
+            sent(&a),
+            vec![json!({"type":"subscription","event":"unsubscribe"})]
+        );
+    }
+
+    #[test]
+    fn envelope_errors_keep_the_connection() {
+        let c = cfg(AuthMode::Public);
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        let a = s.on_message(&c, t0, b"not json");
+        assert_eq!(
+            sent(&a)[0]["error"]["message"],
+            "Unable to parse the incoming message."
+        );
+        assert!(!closes(&a));
+        let a = s.on_message(&c, t0, &msg(json!({"type":"subscribe"})));
+        assert_eq!(sent(&a)[0]["type"], "subscribe");
+        assert_eq!(sent(&a)[0]["error"]["code"], "INVALID_PAYLOAD");
+        let a = s.on_message(&c, t0, &msg(json!({"type":"items","uid":2})));
+        assert_eq!(sent(&a)[0]["type"], "items");
+        assert_eq!(sent(&a)[0]["uid"], 2);
+        assert!(
+            s.on_message(&c, t0, &msg(json!({"type":"unknown-type"})))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn rate_limit() {
+        let mut c = cfg(AuthMode::Public);
+        c.rate_limit = Some(RateLimit {
+            points: 2,
+            duration: Duration::from_secs(1),
+        });
+        let t0 = Instant::now();
+        let mut s = S::new(&c, t0, None);
+        assert!(s.on_message(&c, t0, &msg(json!({"type":"x"}))).is_empty());
+        assert!(s.on_message(&c, t0, &msg(json!({"type":"x"}))).is_empty());
+        let a = s.on_message(
+            &c,
+            t0 + Duration::from_millis(250),
+            &msg(json!({"type":"x"})),
+        );
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"server","status":"error","error":{"code":"REQUESTS_EXCEEDED","message":"Too many messages, retry after 750ms."}})
+            ]
+        );
+        assert!(
+            s.on_message(&c, t0 + Duration::from_secs(1), &msg(json!({"type":"x"})))
+                .is_empty()
+        );
+    }
+}

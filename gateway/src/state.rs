@@ -1,0 +1,82 @@
+//! Process-wide state shared by every request and connection of a gateway.
+
+use crate::auth::{Accountability, AuthService};
+use crate::config::Config;
+use crate::db::SchemaCache;
+use crate::session::SessionConfig;
+use deadpool_postgres::Pool;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::{Duration, Instant};
+
+/// How long the public role's accountability is cached per client address.
+const PUBLIC_TTL: Duration = Duration::from_secs(5);
+
+pub struct AppState {
+    pub config: Config,
+    pub pool: Pool,
+    pub schema: SchemaCache,
+    pub auth: AuthService,
+    pub rest_session: SessionConfig,
+    /// Open `/websocket` connections (for `WEBSOCKETS_REST_CONN_LIMIT`).
+    pub rest_connections: AtomicUsize,
+    /// Set when draining: readiness fails and no new connections are accepted.
+    pub draining: AtomicBool,
+    /// Flips to `true` when every connection must close (shutdown).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    public_cache: Mutex<HashMap<Option<IpAddr>, (Instant, Arc<Accountability>)>>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        pool: Pool,
+        schema: SchemaCache,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> AppState {
+        let auth = AuthService::new(pool.clone(), &config);
+        let rest_session = SessionConfig {
+            mode: config.ws.rest_auth,
+            auth_timeout: config.ws.rest_auth_timeout,
+            heartbeat: config
+                .ws
+                .heartbeat_enabled
+                .then_some(config.ws.heartbeat_period),
+            max_subscriptions: config.limits.max_subscriptions_per_connection,
+            rate_limit: config.rate_limit.clone(),
+        };
+        AppState {
+            config,
+            pool,
+            schema,
+            auth,
+            rest_session,
+            rest_connections: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            shutdown,
+            public_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The public role for a client address (cached briefly: public policies rarely change).
+    pub async fn public_accountability(
+        &self,
+        ip: Option<IpAddr>,
+    ) -> Result<Arc<Accountability>, crate::auth::AuthError> {
+        if let Some((at, acct)) = self.public_cache.lock().get(&ip) {
+            if at.elapsed() < PUBLIC_TTL {
+                return Ok(acct.clone());
+            }
+        }
+        let acct = Arc::new(self.auth.public(ip).await?);
+        let mut cache = self.public_cache.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(ip, (Instant::now(), acct.clone()));
+        Ok(acct)
+    }
+}
