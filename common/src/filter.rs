@@ -1071,7 +1071,7 @@ pub fn to_datum(kind: &Kind, v: &Val) -> Result<Datum, QueryError> {
         Kind::Uuid => {
             Datum::Uuid(value::parse_uuid(&js_string(v).ok_or_else(bad)?).ok_or_else(bad)?)
         }
-        Kind::Text => Datum::Text(js_string(v).ok_or_else(bad)?),
+        Kind::Text | Kind::Varchar => Datum::Text(js_string(v).ok_or_else(bad)?),
         Kind::Bpchar => Datum::Text(
             js_string(v)
                 .ok_or_else(bad)?

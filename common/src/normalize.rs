@@ -381,7 +381,7 @@ fn search(coll: &Collection, term: &str, allowed: &impl Fn(&str) -> bool) -> Fil
             })
         };
         match &c.kind {
-            Kind::Text | Kind::Bpchar => {
+            Kind::Text | Kind::Varchar | Kind::Bpchar => {
                 // `%term%` never ends in a bare escape, so PostgreSQL always accepts the pattern.
                 parts.push(cond(
                     filter::Op::Like {

@@ -160,8 +160,8 @@ pub fn parse_query(
     }
     if let Some(p) = raw.get("page") {
         let truthy = !matches!(p, Json::Null | Json::Bool(false))
-            && *p != Json::from(0)
-            && *p != Json::from("");
+            && p.as_f64() != Some(0.0)
+            && p.as_str() != Some("");
         if truthy {
             let page = js_number(p, "page")?;
             if page < 0 {

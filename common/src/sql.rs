@@ -40,15 +40,13 @@ pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> 
             text.push_str(", ");
         }
         match &p.when {
-            None => {
-                let _ = write!(text, "t.{}::text", ident(&p.field));
-            }
+            None => text.push_str(&select_expr(coll, &p.field)),
             Some(cond) => {
+                let cond = filter(cond, &mut params);
                 let _ = write!(
                     text,
-                    "CASE WHEN {} THEN t.{}::text END",
-                    filter(cond, &mut params),
-                    ident(&p.field)
+                    "CASE WHEN {cond} THEN {} END",
+                    select_expr(coll, &p.field)
                 );
             }
         }
@@ -80,6 +78,15 @@ pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> 
     Sql { text, params }
 }
 
+/// A column as text the way its output function prints it. `char(n)` is selected as is: a cast to text
+/// would strip the padding that Directus (and the WAL) keep.
+fn select_expr(coll: &Collection, field: &str) -> String {
+    match coll.column(field).map(|c| &c.kind) {
+        Some(Kind::Bpchar) => format!("t.{}", ident(field)),
+        _ => format!("t.{}::text", ident(field)),
+    }
+}
+
 /// `SELECT count(*) FROM <table> t WHERE <filter>`.
 pub fn count(coll: &Collection, f: &Filter) -> Sql {
     let mut params = Vec::new();
@@ -107,10 +114,17 @@ fn join(parts: &[Filter], sep: &str, params: &mut Vec<Option<String>>) -> String
     format!("({})", inner.join(sep))
 }
 
-fn param(d: &Datum, params: &mut Vec<Option<String>>) -> String {
+/// A parameter compared with column `c`. NULL takes the column's type (a bare text NULL would not compare
+/// with, say, an integer column).
+fn param(c: &Cond, d: &Datum, params: &mut Vec<Option<String>>) -> String {
     params.push(d.sql_text());
     let n = params.len();
-    match d.sql_type() {
+    let ty = match d {
+        Datum::Null if compares_as_text(&c.kind) || c.kind == Kind::Bpchar => "text",
+        Datum::Null => c.kind.sql_cast(),
+        d => d.sql_type(),
+    };
+    match ty {
         "text" => format!("${n}::text"),
         ty => format!("${n}::text::{ty}"),
     }
@@ -128,7 +142,7 @@ fn column(c: &Cond) -> String {
 fn cond(c: &Cond, params: &mut Vec<Option<String>>) -> String {
     let col = column(c);
     let arg = |i: usize, params: &mut Vec<Option<String>>| {
-        param(c.args.get(i).unwrap_or(&Datum::Null), params)
+        param(c, c.args.get(i).unwrap_or(&Datum::Null), params)
     };
     match c.op {
         Op::IsNull => format!("{col} IS NULL"),

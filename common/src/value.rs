@@ -27,8 +27,10 @@ pub enum Kind {
     Float4,
     Float8,
     Numeric,
-    /// text, varchar, name, citext, "char"
+    /// text, name, citext, "char" (Directus type `text`)
     Text,
+    /// varchar (Directus type `string`); otherwise identical to `Text`
+    Varchar,
     /// char(n): blank-padded on output, padding insignificant in comparisons.
     Bpchar,
     Uuid,
@@ -52,7 +54,8 @@ impl Kind {
         Some(match oid {
             16 => Kind::Bool,
             17 => Kind::Bytea,
-            18 | 19 | 25 | 1043 => Kind::Text,
+            18 | 19 | 25 => Kind::Text,
+            1043 => Kind::Varchar,
             20 | 26 => Kind::Int8,
             21 => Kind::Int2,
             23 => Kind::Int4,
@@ -98,7 +101,8 @@ impl Kind {
         match name {
             "bool" => Kind::Bool,
             "bytea" => Kind::Bytea,
-            "char" | "name" | "text" | "varchar" | "citext" => Kind::Text,
+            "char" | "name" | "text" | "citext" => Kind::Text,
+            "varchar" => Kind::Varchar,
             "int8" | "oid" => Kind::Int8,
             "int2" => Kind::Int2,
             "int4" => Kind::Int4,
@@ -127,7 +131,7 @@ impl Kind {
             Kind::Float4 | Kind::Float8 => "float",
             Kind::Numeric => "decimal",
             Kind::Text => "text",
-            Kind::Bpchar => "string",
+            Kind::Varchar | Kind::Bpchar => "string",
             Kind::Uuid => "uuid",
             Kind::Json | Kind::Jsonb => "json",
             Kind::Date => "date",
@@ -217,7 +221,7 @@ pub fn parse_datum(kind: &Kind, text: &str) -> Result<Datum, ParseError> {
             Datum::Float(parse_pg_float(text, false).ok_or_else(|| perr("double", text))?)
         }
         Kind::Numeric => Datum::Numeric(Decimal::parse(text).ok_or_else(|| perr("numeric", text))?),
-        Kind::Text => Datum::Text(text.to_owned()),
+        Kind::Text | Kind::Varchar => Datum::Text(text.to_owned()),
         Kind::Bpchar => Datum::Text(text.trim_end_matches(' ').to_owned()),
         Kind::Uuid => Datum::Uuid(parse_uuid(text).ok_or_else(|| perr("uuid", text))?),
         Kind::Json | Kind::Jsonb => {
@@ -276,7 +280,12 @@ pub fn write_json_value(out: &mut Vec<u8>, kind: &Kind, special: Special, text: 
         out.extend_from_slice(b"\"**********\"");
         return;
     }
-    if special.cast_csv && matches!(kind, Kind::Text | Kind::Bpchar | Kind::Other) {
+    if special.cast_csv
+        && matches!(
+            kind,
+            Kind::Text | Kind::Varchar | Kind::Bpchar | Kind::Other
+        )
+    {
         // Directus splits on ',' without trimming; '' is [].
         out.push(b'[');
         if !text.is_empty() {
@@ -290,7 +299,12 @@ pub fn write_json_value(out: &mut Vec<u8>, kind: &Kind, special: Special, text: 
         out.push(b']');
         return;
     }
-    if special.cast_json && matches!(kind, Kind::Text | Kind::Bpchar | Kind::Other) {
+    if special.cast_json
+        && matches!(
+            kind,
+            Kind::Text | Kind::Varchar | Kind::Bpchar | Kind::Other
+        )
+    {
         match serde_json::from_str::<Json>(text) {
             Ok(v) => serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail"),
             Err(_) => write_json_string(out, text),
@@ -342,9 +356,13 @@ fn write_plain(out: &mut Vec<u8>, kind: &Kind, text: &str) {
         },
         Kind::Bytea => write_bytea(out, text),
         Kind::Array(elem) => write_array(out, elem, text),
-        Kind::Text | Kind::Bpchar | Kind::Uuid | Kind::Time | Kind::TimeTz | Kind::Other => {
-            write_json_string(out, text)
-        }
+        Kind::Text
+        | Kind::Varchar
+        | Kind::Bpchar
+        | Kind::Uuid
+        | Kind::Time
+        | Kind::TimeTz
+        | Kind::Other => write_json_string(out, text),
     }
 }
 

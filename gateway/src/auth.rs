@@ -205,13 +205,16 @@ const PERMISSION_TTL: Duration = Duration::from_secs(5);
 /// Cap on cached (policies, collection) entries; the cache is cleared when it is exceeded.
 const PERMISSION_CACHE_MAX: usize = 10_000;
 
+/// Read rules per (policy set, collection), with when they were fetched.
+type PermissionCache = HashMap<(Vec<String>, String), (Instant, Vec<ReadRule>)>;
+
 pub struct AuthService {
     pool: Pool,
     secret: String,
     access_ttl: Duration,
     refresh_ttl: Duration,
     stall: Duration,
-    permissions: Mutex<HashMap<(Vec<String>, String), (Instant, Vec<ReadRule>)>>,
+    permissions: Mutex<PermissionCache>,
 }
 
 impl AuthService {
@@ -282,10 +285,10 @@ impl AuthService {
     ) -> Result<Tokens, AuthError> {
         let started = Instant::now();
         let result = self.login_inner(email, password, client).await;
-        if !matches!(result, Err(AuthError::Unavailable(_))) {
-            if let Some(rest) = self.stall.checked_sub(started.elapsed()) {
-                tokio::time::sleep(rest).await;
-            }
+        if !matches!(result, Err(AuthError::Unavailable(_)))
+            && let Some(rest) = self.stall.checked_sub(started.elapsed())
+        {
+            tokio::time::sleep(rest).await;
         }
         result
     }
@@ -633,10 +636,10 @@ impl AuthService {
             return Ok(Access::Admin);
         }
         let key = (acct.policies.clone(), collection.to_owned());
-        if let Some((at, rules)) = self.permissions.lock().get(&key) {
-            if at.elapsed() < PERMISSION_TTL {
-                return Ok(Access::Rules(rules.clone()));
-            }
+        if let Some((at, rules)) = self.permissions.lock().get(&key)
+            && at.elapsed() < PERMISSION_TTL
+        {
+            return Ok(Access::Rules(rules.clone()));
         }
         let db = self.pool.get().await.map_err(unavailable)?;
         let rows = db

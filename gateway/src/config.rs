@@ -144,9 +144,9 @@ impl Reader<'_> {
         }
     }
 
-    fn number<T: std::str::FromStr + Copy>(&mut self, name: &str, default: T, min: T) -> T
+    fn number<T>(&mut self, name: &str, default: T, min: T) -> T
     where
-        T: PartialOrd + std::fmt::Display,
+        T: std::str::FromStr + Copy + PartialOrd + std::fmt::Display,
     {
         match self.raw(name) {
             None => default,
@@ -318,10 +318,10 @@ impl Config {
         let db_pool_size = r.number::<usize>("REALTIME_DB_POOL_SIZE", 16, 1);
 
         let redis_url = r.opt("REDIS");
-        if let Some(u) = &redis_url {
-            if redis::Client::open(u.as_str()).is_err() {
-                r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
-            }
+        if let Some(u) = &redis_url
+            && redis::Client::open(u.as_str()).is_err()
+        {
+            r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
         }
         let redis_prefix = r.string("REALTIME_REDIS_PREFIX", "rt");
 
@@ -333,10 +333,10 @@ impl Config {
             r.string("REFRESH_TOKEN_COOKIE_NAME", "directus_refresh_token");
         let login_stall = Duration::from_millis(r.number::<u64>("LOGIN_STALL_TIME", 500, 0));
         let admin_email = r.opt("ADMIN_EMAIL");
-        if let Some(e) = &admin_email {
-            if !common::protocol::is_valid_email(e) {
-                r.err("ADMIN_EMAIL", "is not a valid email address");
-            }
+        if let Some(e) = &admin_email
+            && !common::protocol::is_valid_email(e)
+        {
+            r.err("ADMIN_EMAIL", "is not a valid email address");
         }
         let admin_password = r.opt("ADMIN_PASSWORD");
         let admin_token = r.opt("ADMIN_TOKEN");

@@ -209,16 +209,16 @@ fn token_body(mode: &str, tokens: &crate::auth::Tokens) -> Json {
     }
 }
 
-fn mode_of(body: &Json, default: &str) -> Result<String, Response<Body>> {
+fn mode_of(body: &Json, default: &str) -> Result<String, Box<Response<Body>>> {
     match body.get("mode") {
         None | Some(Json::Null) => Ok(default.to_owned()),
         Some(Json::String(m)) if m == "json" || m == "cookie" => Ok(m.clone()),
-        Some(Json::String(m)) if m == "session" => Err(invalid_payload(
+        Some(Json::String(m)) if m == "session" => Err(Box::new(invalid_payload(
             "\"mode\" session is not supported by this server; use json or cookie",
-        )),
-        Some(_) => Err(invalid_payload(
+        ))),
+        Some(_) => Err(Box::new(invalid_payload(
             "\"mode\" must be one of [cookie, json, session]",
-        )),
+        ))),
     }
 }
 
@@ -230,7 +230,7 @@ async fn login(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
     };
     let mode = match mode_of(&body, "json") {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
         tokio::time::sleep(state.config.login_stall).await;
@@ -271,7 +271,7 @@ async fn refresh(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> 
     };
     let mode = match mode_of(&body, default_mode) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let token = if mode == "json" {
         body["refresh_token"].as_str().map(str::to_owned)
@@ -332,10 +332,10 @@ async fn upgrade(
     if state.draining.load(Ordering::Relaxed) {
         return bare(StatusCode::SERVICE_UNAVAILABLE);
     }
-    if let Some(limit) = state.config.ws.rest_conn_limit {
-        if state.rest_connections.load(Ordering::Relaxed) >= limit {
-            return bare(StatusCode::FORBIDDEN);
-        }
+    if let Some(limit) = state.config.ws.rest_conn_limit
+        && state.rest_connections.load(Ordering::Relaxed) >= limit
+    {
+        return bare(StatusCode::FORBIDDEN);
     }
     let client = client_info(req, peer);
     let url_token = query_param(req, "access_token");

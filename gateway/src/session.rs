@@ -377,12 +377,13 @@ impl<S> Session<S> {
     /// Run the timers that are due.
     pub fn on_timer(&mut self, cfg: &SessionConfig, now: Instant) -> Vec<Action<S>> {
         let mut actions = Vec::new();
-        if let Phase::Handshake { deadline } = self.phase {
-            if now >= deadline && !self.busy {
-                actions.push(Action::Send(Self::handshake_failed()));
-                actions.push(Action::Close(protocol::close::NO_STATUS));
-                return actions;
-            }
+        if let Phase::Handshake { deadline } = self.phase
+            && now >= deadline
+            && !self.busy
+        {
+            actions.push(Action::Send(Self::handshake_failed()));
+            actions.push(Action::Close(protocol::close::NO_STATUS));
+            return actions;
         }
         if self.expires_at.is_some_and(|t| now >= t) {
             self.expires_at = None;
@@ -409,17 +410,17 @@ impl<S> Session<S> {
                 return actions;
             }
         }
-        if let (Some(due), Some(period)) = (self.heartbeat_due, cfg.heartbeat) {
-            if now >= due {
-                if self.awaiting_life {
-                    actions.push(Action::Close(protocol::close::NO_STATUS));
-                    return actions;
-                }
-                self.awaiting_life = true;
-                // Rounds are back to back: the next one starts when this one's deadline passes.
-                self.heartbeat_due = Some(due + period);
-                actions.push(Action::Send(protocol::PING_FRAME.to_vec()));
+        if let (Some(due), Some(period)) = (self.heartbeat_due, cfg.heartbeat)
+            && now >= due
+        {
+            if self.awaiting_life {
+                actions.push(Action::Close(protocol::close::NO_STATUS));
+                return actions;
             }
+            self.awaiting_life = true;
+            // Rounds are back to back: the next one starts when this one's deadline passes.
+            self.heartbeat_due = Some(due + period);
+            actions.push(Action::Send(protocol::PING_FRAME.to_vec()));
         }
         actions
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 /// How long the public role's accountability is cached per client address.
 const PUBLIC_TTL: Duration = Duration::from_secs(5);
 
+type PublicCache = HashMap<Option<IpAddr>, (Instant, Arc<Accountability>)>;
+
 pub struct AppState {
     pub config: Config,
     pub pool: Pool,
@@ -27,7 +29,7 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Flips to `true` when every connection must close (shutdown).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    public_cache: Mutex<HashMap<Option<IpAddr>, (Instant, Arc<Accountability>)>>,
+    public_cache: Mutex<PublicCache>,
 }
 
 impl AppState {
@@ -66,10 +68,10 @@ impl AppState {
         &self,
         ip: Option<IpAddr>,
     ) -> Result<Arc<Accountability>, crate::auth::AuthError> {
-        if let Some((at, acct)) = self.public_cache.lock().get(&ip) {
-            if at.elapsed() < PUBLIC_TTL {
-                return Ok(acct.clone());
-            }
+        if let Some((at, acct)) = self.public_cache.lock().get(&ip)
+            && at.elapsed() < PUBLIC_TTL
+        {
+            return Ok(acct.clone());
         }
         let acct = Arc::new(self.auth.public(ip).await?);
         let mut cache = self.public_cache.lock();

@@ -59,12 +59,13 @@ impl Default for ClusterOptions {
     }
 }
 
+/// Fields drop in order: our processes stop before the services they use.
 pub struct Cluster {
-    pub postgres: Postgres,
-    pub redis: Redis,
-    pub database: String,
     pub gateways: Vec<Process>,
     pub workers: Vec<Process>,
+    pub redis: Redis,
+    pub postgres: Postgres,
+    pub database: String,
     opts: ClusterOptions,
 }
 

@@ -484,16 +484,14 @@ impl Redis {
                     fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
                 );
             }
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .is_ok()
-                    {
-                        return Ok(());
-                    }
-                }
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("redis not ready after {READY_TIMEOUT:?}");
@@ -670,4 +668,55 @@ impl Drop for Process {
         }
         self.kill();
     }
+}
+
+/// The directory with the Node.js client tests (`loadtest/js`), with its npm packages installed
+/// (`npm ci`, once per checkout, under a lock).
+pub fn node_client_dir() -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let _lock = FileLock::acquire(&std::env::temp_dir().join("rt-npm-install.lock"))?;
+    if !dir.join("node_modules/@directus/sdk").exists()
+        || !dir.join("node_modules/graphql-ws").exists()
+    {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .output()
+            .context("run npm (Node.js and npm are needed for the client tests)")?;
+        if !out.status.success() {
+            bail!(
+                "npm ci failed in {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Run `node <script> <args>` in the client-test directory; returns (success, stdout lines as JSON).
+pub async fn run_node(
+    script: &str,
+    args: &[&str],
+) -> Result<(bool, Vec<serde_json::Value>, String)> {
+    let dir = node_client_dir()?;
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run node")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    Ok((
+        out.status.success(),
+        lines,
+        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    ))
 }
