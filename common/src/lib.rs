@@ -16,6 +16,7 @@
 //! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
 //! - [`ws`]: RFC 6455 framing.
 
+pub mod env;
 pub mod filter;
 pub mod keys;
 pub mod normalize;

@@ -5,6 +5,7 @@
 //! environment, so tests pass exactly what they mean; it validates everything at once and reports every
 //! invalid variable by name. The README's configuration table documents each one.
 
+use common::env::{ConfigError, EnvReader};
 use common::filter::Limits as FilterLimits;
 use common::query::QueryConfig;
 use std::collections::HashMap;
@@ -90,172 +91,21 @@ pub struct Config {
     pub log_level: String,
 }
 
-/// One problem with one variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub var: String,
-    pub problem: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.var, self.problem)
-    }
-}
-
-struct Reader<'a> {
-    vars: &'a HashMap<String, String>,
-    errors: Vec<ConfigError>,
-}
-
-impl Reader<'_> {
-    fn raw(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-    }
-
-    fn err(&mut self, name: &str, problem: impl Into<String>) {
-        self.errors.push(ConfigError {
-            var: name.into(),
-            problem: problem.into(),
-        });
-    }
-
-    fn string(&self, name: &str, default: &str) -> String {
-        self.raw(name).unwrap_or(default).to_owned()
-    }
-
-    fn opt(&self, name: &str) -> Option<String> {
-        self.raw(name).map(str::to_owned)
-    }
-
-    fn bool(&mut self, name: &str, default: bool) -> bool {
-        match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
-            None => default,
-            Some("true" | "1") => true,
-            Some("false" | "0") => false,
-            Some(other) => {
-                let other = other.to_owned();
-                self.err(name, format!("expected true or false, got {other:?}"));
-                default
-            }
+fn auth_mode(r: &mut EnvReader, name: &str, default: AuthMode) -> AuthMode {
+    match r.raw(name).map(str::to_ascii_lowercase).as_deref() {
+        None => default,
+        Some("public") => AuthMode::Public,
+        Some("handshake") => AuthMode::Handshake,
+        Some("strict") => AuthMode::Strict,
+        Some(other) => {
+            let other = other.to_owned();
+            r.err(
+                name,
+                format!("expected public, handshake or strict, got {other:?}"),
+            );
+            default
         }
     }
-
-    fn number<T>(&mut self, name: &str, default: T, min: T) -> T
-    where
-        T: std::str::FromStr + Copy + PartialOrd + std::fmt::Display,
-    {
-        match self.raw(name) {
-            None => default,
-            Some(s) => match s.parse::<T>() {
-                Ok(v) if v >= min => v,
-                Ok(_) => {
-                    self.err(name, format!("must be at least {min}"));
-                    default
-                }
-                Err(_) => {
-                    let s = s.to_owned();
-                    self.err(name, format!("expected a number, got {s:?}"));
-                    default
-                }
-            },
-        }
-    }
-
-    fn opt_number(&mut self, name: &str, min: i64) -> Option<i64> {
-        self.raw(name)?;
-        Some(self.number(name, min, min))
-    }
-
-    /// Directus `ms`-style durations: `15m`, `7d`, `10s`, `500` (milliseconds).
-    fn ms_duration(&mut self, name: &str, default: &str) -> Duration {
-        let text = self.string(name, default);
-        match parse_ms(&text) {
-            Some(d) if !d.is_zero() => d,
-            _ => {
-                self.err(
-                    name,
-                    format!("expected a duration like 15m, 7d, 30s or milliseconds, got {text:?}"),
-                );
-                parse_ms(default).expect("valid default")
-            }
-        }
-    }
-
-    /// A whole number of seconds (the `WEBSOCKETS_*` timeouts and period).
-    fn seconds(&mut self, name: &str, default: u64) -> Duration {
-        match self.raw(name) {
-            None => Duration::from_secs(default),
-            Some(s) => match s.parse::<f64>() {
-                Ok(v) if v > 0.0 && v.is_finite() => Duration::from_secs_f64(v),
-                _ => {
-                    let s = s.to_owned();
-                    self.err(
-                        name,
-                        format!("expected a positive number of seconds, got {s:?}"),
-                    );
-                    Duration::from_secs(default)
-                }
-            },
-        }
-    }
-
-    fn auth_mode(&mut self, name: &str, default: AuthMode) -> AuthMode {
-        match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
-            None => default,
-            Some("public") => AuthMode::Public,
-            Some("handshake") => AuthMode::Handshake,
-            Some("strict") => AuthMode::Strict,
-            Some(other) => {
-                let other = other.to_owned();
-                self.err(
-                    name,
-                    format!("expected public, handshake or strict, got {other:?}"),
-                );
-                default
-            }
-        }
-    }
-
-    fn path(&mut self, name: &str, default: &str) -> String {
-        let p = self.string(name, default);
-        if !p.starts_with('/') {
-            self.err(name, "must start with /");
-        }
-        p
-    }
-}
-
-/// Parse a Directus/`ms` duration: a number with an optional unit (`ms`, `s`, `m`, `h`, `d`, `w`, `y` and
-/// long forms); a bare number is milliseconds.
-pub fn parse_ms(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let n: f64 = t[..split].parse().ok()?;
-    let unit = t[split..].trim().to_ascii_lowercase();
-    let ms = match unit.as_str() {
-        "" | "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1.0,
-        "s" | "sec" | "secs" | "second" | "seconds" => 1e3,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60e3,
-        "h" | "hr" | "hrs" | "hour" | "hours" => 3600e3,
-        "d" | "day" | "days" => 86_400e3,
-        "w" | "week" | "weeks" => 7.0 * 86_400e3,
-        "y" | "yr" | "yrs" | "year" | "years" => 365.25 * 86_400e3,
-        _ => return None,
-    };
-    let total = n * ms;
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_micros((total * 1000.0) as u64))
-}
-
-fn encode_component(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 impl Config {
@@ -265,10 +115,7 @@ impl Config {
     }
 
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, Vec<ConfigError>> {
-        let mut r = Reader {
-            vars,
-            errors: Vec::new(),
-        };
+        let mut r = EnvReader::new(vars);
 
         let host = r.string("HOST", "0.0.0.0");
         let port = r.number::<u16>("PORT", 8055, 0);
@@ -278,34 +125,7 @@ impl Config {
             None => (crate::auth::random_token(32), true),
         };
 
-        match r.raw("DB_CLIENT") {
-            None | Some("pg") | Some("postgres") | Some("postgresql") => {}
-            Some(other) => {
-                let other = other.to_owned();
-                r.err(
-                    "DB_CLIENT",
-                    format!("only pg (PostgreSQL) is supported, got {other:?}"),
-                );
-            }
-        }
-        let db_url = match r.opt("DB_CONNECTION_STRING") {
-            Some(s) => s,
-            None => {
-                let host = r.string("DB_HOST", "127.0.0.1");
-                let port = r.number::<u16>("DB_PORT", 5432, 1);
-                let database = r.string("DB_DATABASE", "directus");
-                let user = r.string("DB_USER", "postgres");
-                let password = r.opt("DB_PASSWORD");
-                let auth = match password {
-                    Some(p) => format!("{}:{}", encode_component(&user), encode_component(&p)),
-                    None => encode_component(&user),
-                };
-                format!(
-                    "postgres://{auth}@{host}:{port}/{}",
-                    encode_component(&database)
-                )
-            }
-        };
+        let db_url = common::env::db_url(&mut r);
         if db_url.parse::<tokio_postgres::Config>().is_err() {
             let var = if vars.contains_key("DB_CONNECTION_STRING") {
                 "DB_CONNECTION_STRING"
@@ -345,14 +165,14 @@ impl Config {
             enabled: r.bool("WEBSOCKETS_ENABLED", true),
             rest_enabled: r.bool("WEBSOCKETS_REST_ENABLED", true),
             rest_path: r.path("WEBSOCKETS_REST_PATH", "/websocket"),
-            rest_auth: r.auth_mode("WEBSOCKETS_REST_AUTH", AuthMode::Handshake),
+            rest_auth: auth_mode(&mut r, "WEBSOCKETS_REST_AUTH", AuthMode::Handshake),
             rest_auth_timeout: r.seconds("WEBSOCKETS_REST_AUTH_TIMEOUT", 10),
             rest_conn_limit: r
                 .opt_number("WEBSOCKETS_REST_CONN_LIMIT", 0)
                 .map(|n| n as usize),
             graphql_enabled: r.bool("WEBSOCKETS_GRAPHQL_ENABLED", true),
             graphql_path: r.path("WEBSOCKETS_GRAPHQL_PATH", "/graphql"),
-            graphql_auth: r.auth_mode("WEBSOCKETS_GRAPHQL_AUTH", AuthMode::Handshake),
+            graphql_auth: auth_mode(&mut r, "WEBSOCKETS_GRAPHQL_AUTH", AuthMode::Handshake),
             graphql_auth_timeout: r.seconds("WEBSOCKETS_GRAPHQL_AUTH_TIMEOUT", 10),
             graphql_conn_limit: r
                 .opt_number("WEBSOCKETS_GRAPHQL_CONN_LIMIT", 0)
@@ -522,15 +342,5 @@ mod tests {
             Config::from_vars(&vars(&[("DB_CONNECTION_STRING", "host=/tmp dbname=d")])).unwrap();
         assert_eq!(c.db_url, "host=/tmp dbname=d");
         assert!(c.secret_generated);
-    }
-
-    #[test]
-    fn ms_durations() {
-        assert_eq!(parse_ms("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_ms("500"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_ms("1.5h"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_ms("7 days"), Some(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_ms("abc"), None);
-        assert_eq!(parse_ms("5 parsecs"), None);
     }
 }
