@@ -15,7 +15,10 @@
 //! - [`sql`]: parameterised SQL for init snapshots.
 //! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
 //! - [`ws`]: RFC 6455 framing.
+//! - [`change`]: captured transactions as they travel through the Redis change stream.
+//! - [`env`]: configuration from environment variables.
 
+pub mod change;
 pub mod env;
 pub mod filter;
 pub mod keys;

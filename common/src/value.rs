@@ -122,6 +122,16 @@ impl Kind {
         }
     }
 
+    /// Kind from the catalog: the base type's `typname` and `typtype` (domains already resolved to their
+    /// base type). Enums, ranges and composites compare as text.
+    pub fn from_catalog(typname: &str, typtype: &str) -> Kind {
+        if typtype == "b" {
+            Kind::from_type_name(typname)
+        } else {
+            Kind::Other
+        }
+    }
+
     /// Directus's field type for this kind (`get-local-type.ts`); it decides the allowed filter operators.
     pub fn directus_type(&self) -> &'static str {
         match self {

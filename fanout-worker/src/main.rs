@@ -1,40 +1,55 @@
-//! Placeholder worker: checks its dependencies, serves a health probe, and waits. Capture and matching
-//! arrive with the change-capture and end-to-end issues.
+use fanout_worker::config::{LogFormat, WorkerConfig};
+use std::process::ExitCode;
 
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+fn init_logging(cfg: &WorkerConfig) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    let host = std::env::var("HOST").unwrap_or_else(|_| "0.0.0.0".into());
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8056);
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
-    println!(
-        "{}",
-        serde_json::json!({"event": "listening", "addr": listener.local_addr()?.to_string()})
-    );
-    tracing::info!("fanout-worker started (no capture yet)");
-    let serve = async {
-        loop {
-            if let Ok((mut s, _)) = listener.accept().await {
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
+async fn main() -> ExitCode {
+    let config = match WorkerConfig::from_env() {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("fanout-worker: invalid configuration:");
+            for e in errors {
+                eprintln!("  {e}");
             }
+            return ExitCode::from(2);
         }
     };
-    tokio::select! {
-        _ = serve => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { tokio::time::sleep(Duration::MAX).await } => {}
-    }
-    Ok(())
+    init_logging(&config);
+    let worker = match fanout_worker::server::Worker::build(config).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fanout-worker failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = worker.local_addr().expect("bound listener");
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "addr": addr.to_string()})
+    );
+    tracing::info!(%addr, worker = %worker.config.worker_id, "fanout-worker started");
+    worker.run(stop_signal()).await;
+    tracing::info!("fanout-worker stopped");
+    ExitCode::SUCCESS
 }

@@ -291,11 +291,7 @@ pub async fn load_schema(pool: &Pool, schema: &str) -> anyhow::Result<Schema> {
         let name: String = r.get(1);
         let typname: String = r.get(2);
         let typtype: String = r.get(3);
-        let kind = if typtype == "b" {
-            Kind::from_type_name(&typname)
-        } else {
-            Kind::Other
-        };
+        let kind = Kind::from_catalog(&typname, &typtype);
         let mut special = specials
             .get(&(table.clone(), name.clone()))
             .copied()
