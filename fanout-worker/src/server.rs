@@ -37,14 +37,10 @@ impl Worker {
     /// standby takes over).
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        if self.config.capture.enabled {
-            tasks.push(tokio::spawn(capture::run(
-                self.config.clone(),
-                self.capture.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        let capture =
+            self.config.capture.enabled.then(|| {
+                capture::spawn(self.config.clone(), self.capture.clone(), stop_rx.clone())
+            });
         let stats = self.capture.clone();
         let listener = self.listener;
         let http = tokio::spawn(async move {
@@ -66,8 +62,8 @@ impl Worker {
         });
         stop.await;
         let _ = stop_tx.send(true);
-        for t in tasks {
-            let _ = t.await;
+        if let Some(t) = capture {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         http.abort();
     }

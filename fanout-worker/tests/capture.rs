@@ -435,3 +435,63 @@ async fn redis_restart_mid_stream() {
     // Recovery needed no manual step: the same worker is capturing into the new stream.
     assert_eq!(env.capture_status(0).await["capturing"], true);
 }
+
+/// A table created after capture started is captured, and gets `REPLICA IDENTITY FULL` so its updates
+/// carry old rows, without a restart.
+#[tokio::test]
+async fn new_tables_are_picked_up() {
+    let mut env = Env::start(SCHEMA).await;
+    env.spawn_worker(&[]).await;
+    let sql = env.sql().await;
+    sql.batch_execute(
+        "CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late VALUES (1, 'a')",
+    )
+    .await
+    .unwrap();
+    env.wait_stream(WAIT, |s| !inserted(s, "late", "v").is_empty())
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ident: String = sql
+            .query_one(
+                "SELECT relreplident::text FROM pg_class WHERE relname = 'late'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if ident == "f" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "identity never became FULL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql.batch_execute("UPDATE late SET v = 'b'").await.unwrap();
+    let stream = env
+        .wait_stream(WAIT, |s| {
+            s.iter().any(|(_, c)| {
+                c.changes
+                    .iter()
+                    .any(|ch| matches!(ch, Change::Update { .. }))
+            })
+        })
+        .await;
+    let update = stream
+        .iter()
+        .flat_map(|(_, c)| &c.changes)
+        .find_map(|ch| match ch {
+            Change::Update { old, .. } => Some(old.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        update,
+        Some(OldRow {
+            key_only: false,
+            cells: vec![t("1"), t("a")]
+        })
+    );
+}

@@ -26,6 +26,8 @@ enum Command {
         #[arg(long, default_value_t = 8055)]
         port: u16,
     },
+    /// Benchmark change capture: pgbench → PostgreSQL → fanout-worker → Redis stream.
+    CaptureBench(loadtest::capture_bench::CaptureBenchArgs),
 }
 
 #[tokio::main]
@@ -37,6 +39,15 @@ async fn main() -> Result<()> {
             workers,
             port,
         } => up(gateways, workers, port).await,
+        Command::CaptureBench(args) => {
+            let json_path = args.json.clone();
+            let report = loadtest::capture_bench::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(p) = json_path {
+                std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        }
     }
 }
 

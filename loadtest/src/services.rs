@@ -247,11 +247,18 @@ pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
+    /// Extra `-c name=value` settings (override the defaults).
+    settings: Vec<(String, String)>,
 }
 
 impl Postgres {
     /// Start a fresh server (empty `postgres` database, superuser `postgres`, trust auth on loopback).
     pub async fn start() -> Result<Postgres> {
+        Postgres::start_with(&[]).await
+    }
+
+    /// Start with extra server settings, e.g. `[("fsync", "on")]` for benchmarks.
+    pub async fn start_with(settings: &[(&str, &str)]) -> Result<Postgres> {
         let bin = pg_bin_dir()?;
         let owner = postgres_user()?;
         let template = pg_template(&bin, owner)?;
@@ -266,12 +273,17 @@ impl Postgres {
         if !status.success() {
             bail!("copying the PostgreSQL template failed");
         }
+        let settings = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut pg = Postgres {
             child: None,
             dir,
             port: 0,
             bin,
             owner,
+            settings,
         };
         pg.spawn_on_free_port().await?;
         Ok(pg)
@@ -327,6 +339,11 @@ impl Postgres {
                 "-c",
                 "log_min_messages=warning",
             ])
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_owned(), format!("{k}={v}")]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -409,6 +426,16 @@ impl Postgres {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Path of a PostgreSQL client program (pgbench, psql) matching the server.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// The server's process id (for CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 
