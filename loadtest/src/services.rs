@@ -680,6 +680,13 @@ impl Process {
         }
     }
 
+    /// Is the process still running (not killed, not exited)?
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Has the process exited (and with what)?
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child

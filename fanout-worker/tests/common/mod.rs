@@ -67,6 +67,27 @@ impl Env {
             .await
             .unwrap();
         self.workers.push(p);
+        // Changes committed before the slot exists are not captured (a slot starts where it is created):
+        // wait until some worker holds it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut any = false;
+            for i in 0..self.workers.len() {
+                if self.workers[i].is_running() && self.capture_status(i).await["capturing"] == true
+                {
+                    any = true;
+                }
+            }
+            if any {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no worker started capturing:\n{}",
+                self.workers.last().unwrap().log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.workers.len() - 1
     }
 
