@@ -41,6 +41,51 @@ impl Keys {
         format!("{}:capture:owner", self.prefix)
     }
 
+    /// Hash: query id → canonical query JSON, for the queries registered in shard `n`.
+    pub fn shard_defs(&self, n: u32) -> String {
+        format!("{}:{{s{n}}}:defs", self.prefix)
+    }
+
+    /// Hash: `<query id>|<gateway id>` → position the gateway needs events from (`-` once covered).
+    pub fn shard_reg(&self, n: u32) -> String {
+        format!("{}:{{s{n}}}:reg", self.prefix)
+    }
+
+    /// Hash: query id → number of gateways registered for it.
+    pub fn shard_refs(&self, n: u32) -> String {
+        format!("{}:{{s{n}}}:refs", self.prefix)
+    }
+
+    /// Stream of registration changes for shard `n`, followed by its owner.
+    pub fn shard_ctl(&self, n: u32) -> String {
+        format!("{}:{{s{n}}}:ctl", self.prefix)
+    }
+
+    /// Lease on shard `n`: the owning worker's id, with an expiry.
+    pub fn shard_owner(&self, n: u32) -> String {
+        format!("{}:{{s{n}}}:owner", self.prefix)
+    }
+
+    /// Field of [`Keys::consumers`] holding shard `n`'s checkpoint.
+    pub fn shard_consumer(n: u32) -> String {
+        format!("s{n}")
+    }
+
+    /// Sorted set: worker id → last heartbeat (ms since the epoch).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// Set of gateway ids that have registered queries (for dead-gateway cleanup).
+    pub fn gateways(&self) -> String {
+        format!("{}:gateways", self.prefix)
+    }
+
+    /// Pub/sub channel on which workers publish a gateway's events.
+    pub fn gateway_channel(&self, gateway: &str) -> String {
+        format!("{}:gw:{gateway}:events", self.prefix)
+    }
+
     /// Liveness key of a gateway (expires when it stops heartbeating).
     pub fn gateway_alive(&self, gateway: &str) -> String {
         format!("{}:gw:{gateway}:alive", self.prefix)

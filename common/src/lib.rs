@@ -15,10 +15,12 @@
 //! - [`sql`]: parameterised SQL for init snapshots.
 //! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
 //! - [`ws`]: RFC 6455 framing.
+//! - [`delivery`]: positions, the worker→gateway batch format, snapshot visibility.
 //! - [`change`]: captured transactions as they travel through the Redis change stream.
 //! - [`env`]: configuration from environment variables.
 
 pub mod change;
+pub mod delivery;
 pub mod env;
 pub mod filter;
 pub mod keys;

@@ -40,6 +40,9 @@ pub struct Projection {
     pub field: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Filter>,
+    /// `directus_fields.special` casts and `conceal`, applied when encoding the value.
+    #[serde(default, skip_serializing_if = "crate::value::Special::is_empty")]
+    pub special: crate::value::Special,
 }
 
 /// The canonical form of a subscription, shared by everyone who subscribes to the same thing.
@@ -291,6 +294,7 @@ pub fn normalize(
         .map(|name| Projection {
             field: name.clone(),
             when: field_condition(name, &rules, is_admin),
+            special: coll.column(name).map(|c| c.special).unwrap_or_default(),
         })
         .collect();
 

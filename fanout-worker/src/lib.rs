@@ -3,9 +3,13 @@
 //!
 //! Capture: [`pgoutput`] (decoder, pure) → [`assemble`] (transactions and chunks, pure) → [`capture`]
 //! (the replication session, the Redis stream append and slot confirmation).
+//!
+//! Matching: [`index`] (subscription index, pure) → [`matcher`] (events and frames per query, pure).
 
 pub mod assemble;
 pub mod capture;
 pub mod config;
+pub mod index;
+pub mod matcher;
 pub mod pgoutput;
 pub mod server;

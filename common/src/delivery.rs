@@ -1,0 +1,266 @@
+//! What travels from workers to gateways, and what a gateway needs to deliver it exactly once.
+//!
+//! - [`Position`]: where an event sits in the change stream: commit LSN, chunk, frame. Per query,
+//!   positions only grow; a gateway drops anything at or below the last it delivered (workers are
+//!   at-least-once: failover and replays re-send).
+//! - [`Batch`]: the binary message a worker publishes on a gateway's channel: entries of (query, position,
+//!   xid, pre-encoded frame body). The body is encoded once per query and shared by every subscriber;
+//!   the gateway only appends each subscriber's `,"uid":"…"}`.
+//! - [`PgSnapshot`]: PostgreSQL's `pg_current_snapshot()`, to drop events already contained in an `init`
+//!   snapshot (gap-free init).
+
+use crate::normalize::QueryId;
+
+/// Position of an event: the transaction's commit LSN, the chunk within it, the frame within the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub lsn: u64,
+    pub seq: u32,
+    pub idx: u16,
+}
+
+impl Position {
+    pub const ZERO: Position = Position {
+        lsn: 0,
+        seq: 0,
+        idx: 0,
+    };
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}.{}", self.lsn, self.seq, self.idx)
+    }
+}
+
+/// One event for one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<B> {
+    pub query: QueryId,
+    pub pos: Position,
+    /// Top-level transaction id (for the init-snapshot visibility check).
+    pub xid: u32,
+    /// Commit time, µs since the Unix epoch (for latency metrics).
+    pub commit_time: i64,
+    /// `{"type":"subscription","event":"…","data":…` without the closing part.
+    pub body: B,
+}
+
+const VERSION: u8 = 1;
+const HEADER: usize = 16 + 8 + 4 + 2 + 4 + 8 + 4;
+
+/// Encode entries into one message.
+pub fn encode_batch<B: AsRef<[u8]>>(entries: &[Entry<B>]) -> Vec<u8> {
+    let size: usize = 1 + entries
+        .iter()
+        .map(|e| HEADER + e.body.as_ref().len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.push(VERSION);
+    for e in entries {
+        append_entry(
+            &mut out,
+            e.query,
+            e.pos,
+            e.xid,
+            e.commit_time,
+            e.body.as_ref(),
+        );
+    }
+    out
+}
+
+/// Append one entry to a message started with [`start_batch`].
+pub fn append_entry(
+    out: &mut Vec<u8>,
+    query: QueryId,
+    pos: Position,
+    xid: u32,
+    commit_time: i64,
+    body: &[u8],
+) {
+    out.extend_from_slice(&query.0.to_be_bytes());
+    out.extend_from_slice(&pos.lsn.to_be_bytes());
+    out.extend_from_slice(&pos.seq.to_be_bytes());
+    out.extend_from_slice(&pos.idx.to_be_bytes());
+    out.extend_from_slice(&xid.to_be_bytes());
+    out.extend_from_slice(&commit_time.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// A new, empty message.
+pub fn start_batch() -> Vec<u8> {
+    vec![VERSION]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed delivery batch: {0}")]
+pub struct BatchError(&'static str);
+
+/// Decode a message into entries whose bodies are ranges of `msg`.
+pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, BatchError> {
+    let Some((&v, mut rest)) = msg.split_first() else {
+        return Err(BatchError("empty"));
+    };
+    if v != VERSION {
+        return Err(BatchError("unknown version"));
+    }
+    let mut at = 1usize;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < HEADER {
+            return Err(BatchError("truncated header"));
+        }
+        let u128_at = |o: usize| u128::from_be_bytes(rest[o..o + 16].try_into().expect("16"));
+        let u64_at = |o: usize| u64::from_be_bytes(rest[o..o + 8].try_into().expect("8"));
+        let u32_at = |o: usize| u32::from_be_bytes(rest[o..o + 4].try_into().expect("4"));
+        let query = QueryId(u128_at(0));
+        let pos = Position {
+            lsn: u64_at(16),
+            seq: u32_at(24),
+            idx: u16::from_be_bytes(rest[28..30].try_into().expect("2")),
+        };
+        let xid = u32_at(30);
+        let commit_time = u64_at(34) as i64;
+        let len = u32_at(42) as usize;
+        if rest.len() < HEADER + len {
+            return Err(BatchError("truncated body"));
+        }
+        out.push(Entry {
+            query,
+            pos,
+            xid,
+            commit_time,
+            body: at + HEADER..at + HEADER + len,
+        });
+        at += HEADER + len;
+        rest = &rest[HEADER + len..];
+    }
+    Ok(out)
+}
+
+/// `pg_current_snapshot()`: transactions below `xmin` are complete, from `xmax` on not yet started, and
+/// those in `xip` were in progress. 64-bit (epoch-extended) ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSnapshot {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub xip: Vec<u64>,
+}
+
+impl PgSnapshot {
+    /// Parse `xmin:xmax:xip1,xip2,...`.
+    pub fn parse(text: &str) -> Option<PgSnapshot> {
+        let mut parts = text.trim().splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        Some(PgSnapshot { xmin, xmax, xip })
+    }
+
+    /// Widen a 32-bit xid (as pgoutput sends it) to 64 bits using this snapshot's epoch: the xid is at
+    /// most 2^31 away from `xmax`.
+    fn widen(&self, xid: u32) -> u64 {
+        let epoch = self.xmax >> 32;
+        let candidate = (epoch << 32) | xid as u64;
+        if candidate > self.xmax + (1u64 << 31) {
+            candidate.saturating_sub(1u64 << 32)
+        } else if candidate + (1u64 << 31) < self.xmax {
+            candidate + (1u64 << 32)
+        } else {
+            candidate
+        }
+    }
+
+    /// Were the effects of transaction `xid` (committed) visible to this snapshot?
+    pub fn sees(&self, xid: u32) -> bool {
+        let x = self.widen(xid);
+        if x < self.xmin {
+            return true;
+        }
+        if x >= self.xmax {
+            return false;
+        }
+        !self.xip.contains(&x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trip() {
+        let entries = vec![
+            Entry {
+                query: QueryId(7),
+                pos: Position {
+                    lsn: 100,
+                    seq: 1,
+                    idx: 2,
+                },
+                xid: 9,
+                commit_time: 123,
+                body: b"{\"a\":1".to_vec(),
+            },
+            Entry {
+                query: QueryId(u128::MAX),
+                pos: Position {
+                    lsn: u64::MAX,
+                    seq: 0,
+                    idx: 0,
+                },
+                xid: 0,
+                commit_time: -1,
+                body: Vec::new(),
+            },
+        ];
+        let msg = encode_batch(&entries);
+        let decoded = decode_batch(&msg).unwrap();
+        assert_eq!(decoded.len(), 2);
+        for (d, e) in decoded.iter().zip(&entries) {
+            assert_eq!(
+                (d.query, d.pos, d.xid, d.commit_time),
+                (e.query, e.pos, e.xid, e.commit_time)
+            );
+            assert_eq!(&msg[d.body.clone()], &e.body[..]);
+        }
+        assert!(decode_batch(&[]).is_err());
+        assert!(decode_batch(&[2]).is_err());
+        assert!(decode_batch(&msg[..msg.len() - 1]).is_err());
+        assert!(decode_batch(&msg[..10]).is_err());
+        assert_eq!(decode_batch(&start_batch()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn positions_order() {
+        let p = |lsn, seq, idx| Position { lsn, seq, idx };
+        assert!(p(1, 0, 5) < p(2, 0, 0));
+        assert!(p(2, 0, 9) < p(2, 1, 0));
+        assert!(p(2, 1, 0) < p(2, 1, 1));
+    }
+
+    #[test]
+    fn snapshot_visibility() {
+        let s = PgSnapshot::parse("100:110:102,105").unwrap();
+        assert!(s.sees(99), "below xmin: complete");
+        assert!(s.sees(101));
+        assert!(!s.sees(102), "in progress");
+        assert!(!s.sees(110), "at or after xmax");
+        assert!(!s.sees(200));
+        assert_eq!(PgSnapshot::parse("5:5:").unwrap().xip, Vec::<u64>::new());
+        assert!(PgSnapshot::parse("x").is_none());
+        // Epoch boundary: xmax just past a wrap of the 32-bit counter.
+        let s = PgSnapshot::parse(&format!("{}:{}:", (1u64 << 32) - 5, (1u64 << 32) + 5)).unwrap();
+        assert!(s.sees(u32::MAX - 10), "old epoch, below xmin");
+        assert!(s.sees(2), "new epoch, between xmin and xmax");
+        assert!(!s.sees(7), "new epoch, after xmax");
+    }
+}
