@@ -28,6 +28,7 @@ pub mod normalize;
 pub mod protocol;
 pub mod query;
 pub mod schema;
+pub mod scripts;
 pub mod shard;
 pub mod sql;
 pub mod value;
