@@ -44,6 +44,14 @@ pub struct WorkerConfig {
     /// This worker's name (logs, `application_name`, ownership keys).
     pub worker_id: String,
     pub capture: CaptureConfig,
+    /// Run the matching role (shard owner).
+    pub matching_enabled: bool,
+    /// Virtual shards (must match the gateways').
+    pub shards: u32,
+    /// Shard lease: a dead worker's shards move after at most this long.
+    pub shard_lease: Duration,
+    /// Change stream entries read per round.
+    pub match_batch: usize,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -124,6 +132,10 @@ impl WorkerConfig {
             batch_max: r.number::<usize>("REALTIME_CAPTURE_BATCH", 512, 1),
             status_interval: r.ms_duration("REALTIME_STATUS_INTERVAL", "1s"),
         };
+        let matching_enabled = r.bool("REALTIME_MATCHING_ENABLED", true);
+        let shards = r.number::<u32>("REALTIME_SHARDS", common::shard::DEFAULT_SHARDS, 1);
+        let shard_lease = r.ms_duration("REALTIME_SHARD_LEASE", "5s");
+        let match_batch = r.number::<usize>("REALTIME_MATCH_BATCH", 256, 1);
         let log_format = match r
             .string("LOG_STYLE", "pretty")
             .to_ascii_lowercase()
@@ -159,6 +171,10 @@ impl WorkerConfig {
             redis_prefix,
             worker_id,
             capture,
+            matching_enabled,
+            shards,
+            shard_lease,
+            match_batch,
             log_format,
             log_level,
         })

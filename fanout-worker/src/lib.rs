@@ -9,7 +9,9 @@
 pub mod assemble;
 pub mod capture;
 pub mod config;
+pub mod fanout;
 pub mod index;
 pub mod matcher;
 pub mod pgoutput;
 pub mod server;
+pub mod shards;

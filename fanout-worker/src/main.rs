@@ -2,8 +2,15 @@ use fanout_worker::config::{LogFormat, WorkerConfig};
 use std::process::ExitCode;
 
 fn init_logging(cfg: &WorkerConfig) {
+    // The replication client logs its own termination at error level; the
+    // capture loop already reports (and retries) that failure with context,
+    // so the duplicate line is silenced unless the operator asks for it.
+    let mut directives = cfg.log_level.clone();
+    if !directives.contains("pgwire_replication") {
+        directives.push_str(",pgwire_replication=off");
+    }
     let filter =
-        tracing_subscriber::EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

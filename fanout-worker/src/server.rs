@@ -1,7 +1,8 @@
-//! Assembling a worker: its roles (capture now; matching and delivery next) and its HTTP endpoints.
+//! Assembling a worker: its roles (capture, matching) and its HTTP endpoints.
 
 use crate::capture::{self, CaptureStats};
 use crate::config::WorkerConfig;
+use crate::fanout::{self, FanoutStats};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -16,7 +17,13 @@ use tokio::net::TcpListener;
 pub struct Worker {
     pub config: Arc<WorkerConfig>,
     pub capture: Arc<CaptureStats>,
+    pub fanout: Arc<FanoutStats>,
     listener: TcpListener,
+}
+
+struct Stats {
+    capture: Arc<CaptureStats>,
+    fanout: Arc<FanoutStats>,
 }
 
 impl Worker {
@@ -25,6 +32,7 @@ impl Worker {
         Ok(Worker {
             config: Arc::new(config),
             capture: Arc::new(CaptureStats::default()),
+            fanout: Arc::new(FanoutStats::default()),
             listener,
         })
     }
@@ -33,15 +41,25 @@ impl Worker {
         self.listener.local_addr()
     }
 
-    /// Run every role until `stop` resolves, then stop them (releasing the replication slot at once so a
-    /// standby takes over).
+    /// Run every role until `stop` resolves, then stop them: shard leases and the replication slot are
+    /// released at once so other workers take over.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let capture =
             self.config.capture.enabled.then(|| {
                 capture::spawn(self.config.clone(), self.capture.clone(), stop_rx.clone())
             });
-        let stats = self.capture.clone();
+        let matching = self.config.matching_enabled.then(|| {
+            tokio::spawn(fanout::run(
+                self.config.clone(),
+                self.fanout.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        let stats = Arc::new(Stats {
+            capture: self.capture.clone(),
+            fanout: self.fanout.clone(),
+        });
         let listener = self.listener;
         let http = tokio::spawn(async move {
             loop {
@@ -62,6 +80,9 @@ impl Worker {
         });
         stop.await;
         let _ = stop_tx.send(true);
+        if let Some(t) = matching {
+            let _ = t.await;
+        }
         if let Some(t) = capture {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -69,20 +90,35 @@ impl Worker {
     }
 }
 
-fn route(req: &Request<hyper::body::Incoming>, stats: &CaptureStats) -> Response<Full<Bytes>> {
+fn route(req: &Request<hyper::body::Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
+    let c = &stats.capture;
+    let f = &stats.fanout;
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok".to_owned()),
         "/readyz" => (StatusCode::OK, "ready".to_owned()),
         "/capture" => (
             StatusCode::OK,
             serde_json::json!({
-                "capturing": stats.capturing.load(Ordering::Relaxed),
-                "transactions": stats.transactions.load(Ordering::Relaxed),
-                "changes": stats.changes.load(Ordering::Relaxed),
-                "appended": stats.entries_appended.load(Ordering::Relaxed),
-                "duplicates": stats.entries_skipped.load(Ordering::Relaxed),
-                "confirmed_lsn": common::change::format_lsn(stats.confirmed_lsn.load(Ordering::Relaxed)),
-                "resets": stats.resets.load(Ordering::Relaxed),
+                "capturing": c.capturing.load(Ordering::Relaxed),
+                "transactions": c.transactions.load(Ordering::Relaxed),
+                "changes": c.changes.load(Ordering::Relaxed),
+                "appended": c.entries_appended.load(Ordering::Relaxed),
+                "duplicates": c.entries_skipped.load(Ordering::Relaxed),
+                "confirmed_lsn": common::change::format_lsn(c.confirmed_lsn.load(Ordering::Relaxed)),
+                "resets": c.resets.load(Ordering::Relaxed),
+            })
+            .to_string(),
+        ),
+        "/fanout" => (
+            StatusCode::OK,
+            serde_json::json!({
+                "shards": f.shards.load(Ordering::Relaxed),
+                "queries": f.queries.load(Ordering::Relaxed),
+                "entries": f.entries.load(Ordering::Relaxed),
+                "frames": f.frames.load(Ordering::Relaxed),
+                "messages": f.messages.load(Ordering::Relaxed),
+                "replays": f.replays.load(Ordering::Relaxed),
+                "cursor_lsn": f.cursor_lsn.load(Ordering::Relaxed),
             })
             .to_string(),
         ),
