@@ -72,8 +72,13 @@ pub struct Config {
     pub db_url: String,
     pub db_schema: String,
     pub db_pool_size: usize,
-    pub redis_url: Option<String>,
+    pub redis_url: String,
     pub redis_prefix: String,
+    /// Virtual shards queries are spread over (must match the workers').
+    pub shards: u32,
+    /// How far before the LSN read ahead of a snapshot a new registration's replay starts (covers
+    /// transactions whose commit record was written just before the snapshot but were not yet visible).
+    pub replay_lookback: u64,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub session_cookie_ttl: Duration,
@@ -137,13 +142,24 @@ impl Config {
         let db_schema = r.string("DB_SEARCH_PATH", "public");
         let db_pool_size = r.number::<usize>("REALTIME_DB_POOL_SIZE", 16, 1);
 
-        let redis_url = r.opt("REDIS");
-        if let Some(u) = &redis_url
-            && redis::Client::open(u.as_str()).is_err()
-        {
-            r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
-        }
+        let redis_url = match r.opt("REDIS") {
+            Some(u) => {
+                if redis::Client::open(u.as_str()).is_err() {
+                    r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
+                }
+                u
+            }
+            None => {
+                r.err(
+                    "REDIS",
+                    "is required: gateways receive changes from the workers through Redis",
+                );
+                String::new()
+            }
+        };
         let redis_prefix = r.string("REALTIME_REDIS_PREFIX", "rt");
+        let shards = r.number::<u32>("REALTIME_SHARDS", common::shard::DEFAULT_SHARDS, 1);
+        let replay_lookback = r.number::<u64>("REALTIME_REPLAY_LOOKBACK_BYTES", 16 << 20, 0);
 
         let access_token_ttl = r.ms_duration("ACCESS_TOKEN_TTL", "15m");
         let refresh_token_ttl = r.ms_duration("REFRESH_TOKEN_TTL", "7d");
@@ -256,6 +272,8 @@ impl Config {
             db_pool_size,
             redis_url,
             redis_prefix,
+            shards,
+            replay_lookback,
             access_token_ttl,
             refresh_token_ttl,
             session_cookie_ttl,
@@ -288,7 +306,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_directus() {
-        let c = Config::from_vars(&vars(&[("SECRET", "s")])).unwrap();
+        let c =
+            Config::from_vars(&vars(&[("SECRET", "s"), ("REDIS", "redis://127.0.0.1")])).unwrap();
         assert_eq!(c.port, 8055);
         assert_eq!(c.ws.rest_path, "/websocket");
         assert_eq!(c.ws.rest_auth, AuthMode::Handshake);
@@ -335,11 +354,15 @@ mod tests {
             ("DB_DATABASE", "x y"),
             ("DB_USER", "u"),
             ("DB_PASSWORD", "p@ss"),
+            ("REDIS", "redis://127.0.0.1"),
         ]))
         .unwrap();
         assert_eq!(c.db_url, "postgres://u:p%40ss@db:6543/x%20y");
-        let c =
-            Config::from_vars(&vars(&[("DB_CONNECTION_STRING", "host=/tmp dbname=d")])).unwrap();
+        let c = Config::from_vars(&vars(&[
+            ("DB_CONNECTION_STRING", "host=/tmp dbname=d"),
+            ("REDIS", "redis://127.0.0.1"),
+        ]))
+        .unwrap();
         assert_eq!(c.db_url, "host=/tmp dbname=d");
         assert!(c.secret_generated);
     }

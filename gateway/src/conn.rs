@@ -1,19 +1,22 @@
 //! The task that owns one `/websocket` connection.
 //!
 //! One task per socket selects over: the socket becoming readable, the one operation in flight
-//! (authentication or subscribe), the socket becoming writable while output is pending, the session's
-//! next timer, and shutdown. It never blocks on a write: frames go into a write buffer that is flushed
-//! with non-blocking writes, so many queued frames leave in one syscall.
+//! (authentication, subscribe, or re-authorising subscriptions), event frames arriving in the outbox, the
+//! socket becoming writable while output is pending, the session's next timer, and shutdown. It never
+//! blocks on a write: frames go into a write buffer flushed with non-blocking writes, so frames that
+//! queued up leave in one syscall.
 //!
 //! Memory: the read buffer exists only while bytes are pending and the write buffer only while output is
-//! pending; an idle connection holds the task, the socket and the session.
+//! pending; an idle connection holds the task, the socket, the session and an empty outbox.
 
 use crate::auth::{Accountability, AuthError, Authenticated, ClientInfo};
+use crate::outbox::Outbox;
 use crate::session::{Action, AuthPurpose, Session};
 use crate::state::AppState;
-use crate::subscribe::{ActiveSub, subscribe};
+use crate::subscribe::{ActiveSub, SubCtx, Subscribed, detach, reauthorize, subscribe};
+use common::normalize::NormalizedQuery;
 use common::protocol::{Credentials, Uid, close};
-use common::ws::{Decoder, Message, OpCode, encode_close, encode_frame};
+use common::ws::{Decoder, Message, OpCode, encode_close, encode_frame, encode_header};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,8 +27,12 @@ use tokio::net::TcpStream;
 
 /// Bytes read per readiness event before frames are processed (bounds one read burst).
 const READ_CHUNK: usize = 16 * 1024;
-/// How long a closing connection waits for the peer to finish its side before the socket is dropped.
+/// How long a closing connection may take to flush its output and let the peer answer before the socket
+/// is dropped (a slow consumer that stopped reading never drains).
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A subscription's uid and its normalisation for a new identity (or the error frame refusing it).
+type Reauthorized = (String, Result<Arc<NormalizedQuery>, Vec<u8>>);
 
 /// Result of the operation in flight.
 enum Done {
@@ -36,8 +43,10 @@ enum Done {
     },
     Subscribe {
         uid: String,
-        result: Result<(ActiveSub, Vec<u8>), Vec<u8>>,
+        result: Box<Result<Subscribed, Vec<u8>>>,
     },
+    /// New normalisations of the subscriptions for a changed identity, by uid.
+    Reauthorized(Vec<Reauthorized>),
 }
 
 type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -53,6 +62,7 @@ pub struct Admission {
 
 struct Conn {
     state: Arc<AppState>,
+    id: u64,
     stream: TcpStream,
     /// Unprocessed inbound bytes, `rbuf[rpos..]`. Empty (no allocation) when idle.
     rbuf: Vec<u8>,
@@ -62,11 +72,15 @@ struct Conn {
     wpos: usize,
     decoder: Decoder,
     session: Session<ActiveSub>,
+    outbox: Arc<Outbox>,
+    next_sub: u32,
     acct: Arc<Accountability>,
     public: Arc<Accountability>,
     client: ClientInfo,
     pending: Option<Pending>,
-    closing: bool,
+    /// The identity changed while another operation ran: re-authorise subscriptions after it.
+    reauth_needed: bool,
+    closing: Option<Instant>,
     peer_gone: bool,
 }
 
@@ -103,6 +117,8 @@ pub async fn serve(
         .unwrap_or_else(|| admission.public.clone());
     let mut conn = Conn {
         decoder: Decoder::server(state.config.limits.max_message_bytes),
+        id: state.next_conn.fetch_add(1, Ordering::Relaxed),
+        outbox: Arc::new(Outbox::new(state.config.limits.send_buffer_bytes)),
         state,
         stream,
         rbuf: leftover,
@@ -110,11 +126,13 @@ pub async fn serve(
         wbuf: Vec::new(),
         wpos: 0,
         session,
+        next_sub: 0,
         acct,
         public: admission.public,
         client: admission.client,
         pending: None,
-        closing: false,
+        reauth_needed: false,
+        closing: None,
         peer_gone: false,
     };
     conn.run().await;
@@ -123,15 +141,27 @@ pub async fn serve(
 impl Conn {
     async fn run(&mut self) {
         let mut shutdown = self.state.shutdown.clone();
+        let outbox = self.outbox.clone();
         // Frames that arrived together with the upgrade request.
         self.process_input();
         loop {
             self.flush();
-            if self.peer_gone || (self.closing && self.wbuf.is_empty()) {
+            if self.peer_gone {
                 break;
             }
-            let deadline = self.session.next_deadline();
-            let can_read = !self.closing && self.pending.is_none();
+            if let Some(deadline) = self.closing
+                && (self.wpos == self.wbuf.len() || Instant::now() >= deadline)
+            {
+                break;
+            }
+            if self.pending.is_none() && self.reauth_needed {
+                self.start_reauthorization();
+            }
+            let deadline = match self.closing {
+                Some(d) => Some(d),
+                None => self.session.next_deadline(),
+            };
+            let can_read = self.closing.is_none() && self.pending.is_none();
             tokio::select! {
                 ready = self.stream.readable(), if can_read => {
                     if ready.is_err() {
@@ -147,14 +177,17 @@ impl Conn {
                     // Messages that queued up behind the operation.
                     self.process_input();
                 }
-                ready = self.stream.writable(), if !self.wbuf.is_empty() => {
+                _ = outbox.notify.notified(), if self.closing.is_none() => self.drain_outbox(),
+                ready = self.stream.writable(), if self.wpos < self.wbuf.len() => {
                     if ready.is_err() {
                         self.peer_gone = true;
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    let actions = self.session.on_timer(&self.state.rest_session, Instant::now());
-                    self.apply(actions);
+                    if self.closing.is_none() {
+                        let actions = self.session.on_timer(&self.state.rest_session, Instant::now());
+                        self.apply(actions);
+                    }
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -167,7 +200,9 @@ impl Conn {
     }
 
     async fn finish(&mut self) {
-        let _ = self.session.take_all();
+        for sub in self.session.take_all() {
+            detach(&self.state, sub.id, sub.key);
+        }
         if self.peer_gone {
             return;
         }
@@ -207,7 +242,7 @@ impl Conn {
 
     /// Decode and handle buffered frames until the buffer is empty, an operation starts, or we close.
     fn process_input(&mut self) {
-        while !self.closing && self.pending.is_none() && self.rpos < self.rbuf.len() {
+        while self.closing.is_none() && self.pending.is_none() && self.rpos < self.rbuf.len() {
             let decoded = self.decoder.decode(&mut self.rbuf[self.rpos..]);
             match decoded {
                 Ok(None) => break,
@@ -255,10 +290,10 @@ impl Conn {
     }
 
     fn close(&mut self, code: Option<u16>, reason: &str) {
-        if self.closing {
+        if self.closing.is_some() {
             return;
         }
-        self.closing = true;
+        self.closing = Some(Instant::now() + CLOSE_LINGER);
         encode_close(&mut self.wbuf, code, reason);
     }
 
@@ -266,15 +301,47 @@ impl Conn {
         encode_frame(&mut self.wbuf, OpCode::Text, frame);
     }
 
+    /// Append a shared event body plus this subscriber's suffix as one text frame.
+    fn send_event(&mut self, body: &[u8], suffix: &[u8]) {
+        encode_header(
+            &mut self.wbuf,
+            OpCode::Text,
+            body.len() + suffix.len(),
+            None,
+        );
+        self.wbuf.extend_from_slice(body);
+        self.wbuf.extend_from_slice(suffix);
+    }
+
+    /// Move queued event frames into the write buffer; close a connection that fell too far behind.
+    fn drain_outbox(&mut self) {
+        for (body, suffix) in self.outbox.drain() {
+            self.send_event(&body, &suffix);
+        }
+        if self.outbox.overflowed()
+            || self.wbuf.len() - self.wpos > self.state.config.limits.send_buffer_bytes
+        {
+            tracing::info!(
+                conn = self.id,
+                queued = self.wbuf.len() - self.wpos,
+                "closing a slow consumer"
+            );
+            self.close(
+                Some(close::SLOW_CONSUMER),
+                "slow consumer: send buffer exceeded",
+            );
+        }
+    }
+
     fn apply(&mut self, actions: Vec<Action<ActiveSub>>) {
         for action in actions {
-            if self.closing {
+            if self.closing.is_some() {
                 return;
             }
             match action {
                 Action::Send(frame) => self.send(&frame),
                 Action::Close(code) => self.close(code, ""),
-                Action::FallBackToPublic => self.acct = self.public.clone(),
+                Action::FallBackToPublic => self.set_identity(self.public.clone()),
                 Action::Authenticate {
                     credentials,
                     uid,
@@ -307,20 +374,66 @@ impl Conn {
                 Action::Subscribe { request, uid } => {
                     let state = self.state.clone();
                     let acct = self.acct.clone();
+                    self.next_sub = self.next_sub.wrapping_add(1);
+                    let ctx = SubCtx {
+                        conn: self.id,
+                        sub: self.next_sub,
+                        outbox: self.outbox.clone(),
+                    };
                     self.pending = Some(Box::pin(async move {
-                        let result = subscribe(&state, &acct, request, &uid).await;
-                        Done::Subscribe { uid, result }
+                        let result = subscribe(&state, &acct, request, &uid, ctx).await;
+                        Done::Subscribe {
+                            uid,
+                            result: Box::new(result),
+                        }
                     }));
                 }
-                Action::Unsubscribed(_subs) => {}
+                Action::Unsubscribed(subs) => {
+                    for sub in subs {
+                        detach(&self.state, sub.id, sub.key);
+                    }
+                }
             }
         }
     }
 
+    /// A new identity applies to existing subscriptions too: stop their events at once and normalise
+    /// them again for it (they may lose rows, fields, or access altogether).
+    fn set_identity(&mut self, acct: Arc<Accountability>) {
+        let changed = *self.acct != *acct;
+        self.acct = acct;
+        if changed && !self.session.subscriptions().is_empty() {
+            for sub in self.session.subscriptions() {
+                detach(&self.state, sub.data.id, sub.data.key);
+            }
+            self.reauth_needed = true;
+        }
+    }
+
+    fn start_reauthorization(&mut self) {
+        self.reauth_needed = false;
+        let state = self.state.clone();
+        let acct = self.acct.clone();
+        let subs: Vec<(String, common::protocol::SubscribeRequest)> = self
+            .session
+            .subscriptions()
+            .iter()
+            .map(|s| (s.uid.clone(), s.data.request.clone()))
+            .collect();
+        self.pending = Some(Box::pin(async move {
+            let mut out = Vec::with_capacity(subs.len());
+            for (uid, req) in subs {
+                out.push((uid, reauthorize(&state, &acct, &req).await));
+            }
+            Done::Reauthorized(out)
+        }));
+    }
+
     fn on_done(&mut self, done: Done) {
-        let cfg = &self.state.rest_session;
+        let state = self.state.clone();
+        let cfg = &state.rest_session;
         let now = Instant::now();
-        let actions = match done {
+        match done {
             Done::Auth {
                 purpose,
                 uid,
@@ -328,20 +441,88 @@ impl Conn {
             } => {
                 let outcome = match result {
                     Ok(auth) => {
-                        self.acct = auth.accountability.clone();
-                        Ok((auth.expires_at.map(instant_for), auth.refresh_token))
+                        let expires = auth.expires_at.map(instant_for);
+                        self.set_identity(auth.accountability.clone());
+                        Ok((expires, auth.refresh_token))
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "websocket authentication failed");
                         Err(())
                     }
                 };
-                self.session
-                    .on_auth(cfg, now, purpose, uid.as_ref(), outcome)
+                let actions = self
+                    .session
+                    .on_auth(cfg, now, purpose, uid.as_ref(), outcome);
+                self.apply(actions);
             }
-            Done::Subscribe { uid, result } => self.session.on_subscribed(uid, result),
-        };
-        self.apply(actions);
+            Done::Subscribe { uid, result } => match *result {
+                Ok(Subscribed {
+                    sub,
+                    init,
+                    snapshot,
+                    until,
+                }) => {
+                    let (id, key, suffix) = (sub.id, sub.key, sub.suffix.clone());
+                    let actions = self.session.on_subscribed(uid, Ok((sub, init)));
+                    self.apply(actions);
+                    // `init` is in the write buffer: now the events its snapshot does not contain.
+                    for body in self.state.hub.activate(id, key, snapshot, until) {
+                        self.send_event(&body, &suffix);
+                    }
+                    if self.reauth_needed {
+                        // The identity changed while this subscribe ran: it is re-checked with the others.
+                        detach(&self.state, id, key);
+                    }
+                }
+                Err(frame) => {
+                    let actions = self.session.on_subscribed(uid, Err(frame));
+                    self.apply(actions);
+                }
+            },
+            Done::Reauthorized(results) => self.on_reauthorized(results),
+        }
+    }
+
+    fn on_reauthorized(&mut self, results: Vec<Reauthorized>) {
+        let mut denied = Vec::new();
+        for (uid, result) in results {
+            match result {
+                Ok(query) => {
+                    let Some(sub) = self
+                        .session
+                        .subscriptions_mut()
+                        .iter_mut()
+                        .find(|s| s.uid == uid)
+                    else {
+                        continue;
+                    };
+                    sub.data.id = query.id();
+                    sub.data.query = query.clone();
+                    let (id, key, suffix) = (sub.data.id, sub.data.key, sub.data.suffix.clone());
+                    let def: Arc<str> = query.canonical_json().into();
+                    // No snapshot is re-sent (Directus sends none either): events continue from now.
+                    if self
+                        .state
+                        .hub
+                        .attach(id, def.clone(), 0, key, self.outbox.clone(), suffix)
+                    {
+                        let registrar = self.state.registrar.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = registrar.register_live(id, &def).await {
+                                tracing::warn!(error = %e, "re-registering after an identity change failed");
+                            }
+                        });
+                    }
+                    self.state.hub.activate(id, key, None, 0);
+                }
+                Err(frame) => {
+                    denied.push(uid);
+                    self.send(&frame);
+                }
+            }
+        }
+        // Subscriptions the new identity may not have end here (their uid can be reused).
+        self.session.remove_where(|s| denied.contains(&s.uid));
     }
 
     /// Write as much pending output as the socket takes without blocking.

@@ -2,13 +2,18 @@
 //!
 //! Layers, in the order a message travels: [`http`] (routes and the upgrade) → [`conn`] (the task owning a
 //! socket) → [`session`] (the protocol state machine, pure) → [`subscribe`] (normalisation, permissions,
-//! snapshot) with [`auth`] and [`db`]. [`server`] assembles them; `main` only reads the configuration.
+//! snapshot) with [`auth`] and [`db`]. Events arrive through [`registrar`] (Redis registration and the
+//! delivery channel) into the [`hub`] (local subscriptions, dedupe, gap-free init), which queues frames in
+//! each connection's [`outbox`]. [`server`] assembles them; `main` only reads the configuration.
 
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod db;
 pub mod http;
+pub mod hub;
+pub mod outbox;
+pub mod registrar;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -54,9 +54,36 @@ impl Gateway {
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("bind {}:{}", config.host, config.port))?;
+        let registrar = Arc::new(
+            crate::registrar::Registrar::connect(
+                &config.redis_url,
+                &config.redis_prefix,
+                config.shards,
+            )
+            .await
+            .context("connect to Redis")?,
+        );
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let cache = db::SchemaCache::new(schema);
-        let state = Arc::new(AppState::new(config, pool, cache, shutdown_rx));
+        let state = Arc::new(AppState::new(
+            config,
+            pool,
+            cache,
+            registrar.clone(),
+            shutdown_rx.clone(),
+        ));
+        // Deliveries must be subscribed before any query is registered.
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(
+            registrar
+                .clone()
+                .run(state.hub.clone(), ready_tx, shutdown_rx),
+        );
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .context("subscribe to the delivery channel in Redis")?
+            .context("delivery subscription task ended")?;
+        tracing::info!(gateway = %registrar.gateway_id, "delivery channel subscribed");
         Ok(Gateway {
             state,
             listener,

@@ -3,13 +3,15 @@
 use crate::auth::{Accountability, AuthService};
 use crate::config::Config;
 use crate::db::SchemaCache;
+use crate::hub::Hub;
+use crate::registrar::Registrar;
 use crate::session::SessionConfig;
 use deadpool_postgres::Pool;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 /// How long the public role's accountability is cached per client address.
@@ -23,6 +25,12 @@ pub struct AppState {
     pub schema: SchemaCache,
     pub auth: AuthService,
     pub rest_session: SessionConfig,
+    /// Local subscriptions and delivery.
+    pub hub: Arc<Hub>,
+    /// Registration with the workers through Redis.
+    pub registrar: Arc<Registrar>,
+    /// Source of connection ids.
+    pub next_conn: AtomicU64,
     /// Open `/websocket` connections (for `WEBSOCKETS_REST_CONN_LIMIT`).
     pub rest_connections: AtomicUsize,
     /// Set when draining: readiness fails and no new connections are accepted.
@@ -37,6 +45,7 @@ impl AppState {
         config: Config,
         pool: Pool,
         schema: SchemaCache,
+        registrar: Arc<Registrar>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> AppState {
         let auth = AuthService::new(pool.clone(), &config);
@@ -56,6 +65,9 @@ impl AppState {
             schema,
             auth,
             rest_session,
+            hub: Arc::new(Hub::default()),
+            registrar,
+            next_conn: AtomicU64::new(1),
             rest_connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             shutdown,

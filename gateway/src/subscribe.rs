@@ -3,9 +3,19 @@
 //! Order of checks follows Directus's subscribe handler: unknown collection (INVALID_COLLECTION for
 //! non-admins, FORBIDDEN for admins), the query sanitiser (INVALID_QUERY), permissions (FORBIDDEN), then the
 //! snapshot. Errors from the "service" layer carry no uid, as in Directus.
+//!
+//! Gap-free init (DESIGN 3.6): the WAL position `L` is read first; the subscriber is attached to the hub
+//! (events for it are buffered from now on) and, if the query is new on this gateway, registered with the
+//! workers, who replay the stream from shortly before `L` for it; only then is the snapshot read, in a
+//! REPEATABLE READ transaction that also returns `pg_current_snapshot()` and the WAL position after it.
+//! The socket task writes `init`, then the buffered events the snapshot does not contain.
 
 use crate::auth::Accountability;
+use crate::hub::SubKey;
+use crate::outbox::Outbox;
 use crate::state::AppState;
+use bytes::Bytes;
+use common::delivery::PgSnapshot;
 use common::filter::{QueryError, VarContext};
 use common::normalize::{NormalizeLimits, Normalized, NormalizedQuery, QueryId, normalize};
 use common::protocol::{self, ErrorCode, SubscribeRequest, error_frame};
@@ -23,6 +33,31 @@ pub struct ActiveSub {
     pub request: SubscribeRequest,
     pub query: Arc<NormalizedQuery>,
     pub id: QueryId,
+    pub key: SubKey,
+    /// `,"uid":"…"}`: what this subscriber appends to every shared event body.
+    pub suffix: Bytes,
+}
+
+/// The connection a subscription belongs to.
+pub struct SubCtx {
+    pub conn: u64,
+    pub sub: u32,
+    pub outbox: Arc<Outbox>,
+}
+
+/// A subscription ready to go live: the socket task writes `init`, then activates it in the hub.
+pub struct Subscribed {
+    pub sub: ActiveSub,
+    pub init: Vec<u8>,
+    pub snapshot: Option<Arc<PgSnapshot>>,
+    /// WAL position read after the snapshot: later commits cannot be in it.
+    pub until: u64,
+}
+
+pub fn suffix_for(uid: &str) -> Bytes {
+    let mut out = Vec::with_capacity(uid.len() + 12);
+    protocol::write_subscription_suffix(&mut out, Some(uid));
+    Bytes::from(out)
 }
 
 fn service_error(code: ErrorCode, message: &str) -> Vec<u8> {
@@ -63,13 +98,12 @@ async fn find_collection(state: &AppState, name: &str) -> Result<Option<Collecti
     Ok(fresh.get(name).cloned())
 }
 
-/// Validate, normalise and snapshot. `uid` is `String(uid)` or the generated uid.
-pub async fn subscribe(
+/// Validate and normalise a subscription for `acct` (no snapshot, no registration).
+async fn prepare(
     state: &AppState,
     acct: &Accountability,
-    req: SubscribeRequest,
-    uid: &str,
-) -> Result<(ActiveSub, Vec<u8>), Vec<u8>> {
+    req: &SubscribeRequest,
+) -> Result<(Collection, Normalized), Vec<u8>> {
     let collection = req.collection.as_str();
     if collection == "directus_extensions" {
         return Err(service_error(
@@ -104,7 +138,6 @@ pub async fn subscribe(
         .read_access(acct, collection)
         .await
         .map_err(|_| unavailable())?;
-
     let mut refs = Vec::new();
     if let Some(f) = &params.filter {
         refs.extend(common::filter::required_lookups(f));
@@ -136,7 +169,7 @@ pub async fn subscribe(
     let limits = NormalizeLimits {
         filter: state.config.limits.filter,
     };
-    let Normalized { query, snapshot } = normalize(
+    let normalized = normalize(
         &coll,
         req.event,
         req.item.as_deref(),
@@ -146,28 +179,134 @@ pub async fn subscribe(
         limits,
     )
     .map_err(|e| query_error(&e))?;
+    Ok((coll, normalized))
+}
 
-    let init = if req.event.is_some() {
-        // With an event filter Directus sends an init without data and runs no query.
-        protocol::init_frame(None, None, Some(uid))
-    } else {
-        let (data, meta) = read_snapshot(state, &coll, &query, &snapshot).await?;
-        protocol::init_frame(Some(&data), meta.as_deref(), Some(uid))
-    };
+/// Normalise again for a new identity (after re-auth or token expiry): the query to move to, or the
+/// error frame if the subscription is no longer allowed.
+pub async fn reauthorize(
+    state: &AppState,
+    acct: &Accountability,
+    req: &SubscribeRequest,
+) -> Result<Arc<NormalizedQuery>, Vec<u8>> {
+    prepare(state, acct, req)
+        .await
+        .map(|(_, n)| Arc::new(n.query))
+}
+
+fn parse_lsn_text(text: &str) -> Result<u64, Vec<u8>> {
+    common::change::parse_lsn(text).ok_or_else(unavailable)
+}
+
+/// Validate, normalise, go live and snapshot. `uid` is `String(uid)` or the generated uid.
+pub async fn subscribe(
+    state: &AppState,
+    acct: &Accountability,
+    req: SubscribeRequest,
+    uid: &str,
+    ctx: SubCtx,
+) -> Result<Subscribed, Vec<u8>> {
+    let (coll, Normalized { query, snapshot }) = prepare(state, acct, &req).await?;
     let id = query.id();
-    Ok((
-        ActiveSub {
-            request: req,
-            query: Arc::new(query),
-            id,
-        },
-        init,
-    ))
+    let key = SubKey {
+        conn: ctx.conn,
+        sub: ctx.sub,
+    };
+    let suffix = suffix_for(uid);
+    let mut client = state.pool.get().await.map_err(|_| unavailable())?;
+
+    // The position before the snapshot; a new registration replays from a little before it.
+    let before: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|_| unavailable())?
+        .get(0);
+    let from = parse_lsn_text(&before)?.saturating_sub(state.config.replay_lookback);
+    let def: Arc<str> = query.canonical_json().into();
+    if state.hub.attach(
+        id,
+        def.clone(),
+        from,
+        key,
+        ctx.outbox.clone(),
+        suffix.clone(),
+    ) && let Err(e) = state.registrar.register(id, &def, from).await
+    {
+        tracing::warn!(error = %e, "registering a query failed");
+        detach(state, id, key);
+        return Err(service_error(
+            ErrorCode::ServiceUnavailable,
+            "Service unavailable: Redis did not answer. Retry shortly.",
+        ));
+    }
+
+    let result = async {
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|_| unavailable())?;
+        let snap_text: String = tx
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(|_| unavailable())?
+            .get(0);
+        let snap = PgSnapshot::parse(&snap_text).ok_or_else(unavailable)?;
+        let init = if req.event.is_some() {
+            // With an event filter Directus sends an init without data and runs no query.
+            protocol::init_frame(None, None, Some(uid))
+        } else {
+            let (data, meta) = read_snapshot(state, &tx, &coll, &query, &snapshot).await?;
+            protocol::init_frame(Some(&data), meta.as_deref(), Some(uid))
+        };
+        let after: String = tx
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|_| unavailable())?
+            .get(0);
+        let until = parse_lsn_text(&after)?;
+        let _ = tx.commit().await;
+        Ok((init, snap, until))
+    }
+    .await;
+    match result {
+        Ok((init, snap, until)) => Ok(Subscribed {
+            sub: ActiveSub {
+                request: req,
+                query: Arc::new(query),
+                id,
+                key,
+                suffix,
+            },
+            init,
+            snapshot: Some(Arc::new(snap)),
+            until,
+        }),
+        Err(frame) => {
+            detach(state, id, key);
+            Err(frame)
+        }
+    }
+}
+
+/// Remove a subscriber from the hub; unregister the query in the background if it was the last one here.
+pub fn detach(state: &AppState, id: QueryId, key: SubKey) {
+    if state.hub.detach(id, key) {
+        let registrar = state.registrar.clone();
+        tokio::spawn(async move {
+            if let Err(e) = registrar.unregister(id).await {
+                tracing::debug!(error = %e, "unregister failed; the worker drops it when this gateway's registrations expire");
+            }
+        });
+    }
 }
 
 /// Run the snapshot query and encode `data` (and `meta`) as Directus would.
 async fn read_snapshot(
     state: &AppState,
+    client: &tokio_postgres::Transaction<'_>,
     coll: &Collection,
     query: &NormalizedQuery,
     spec: &common::normalize::SnapshotSpec,
@@ -180,7 +319,6 @@ async fn read_snapshot(
         spec.limit = Some(cap + 1);
     }
     let sql = common::sql::snapshot(coll, query, &spec);
-    let client = state.pool.get().await.map_err(|_| unavailable())?;
     let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = sql
         .params
         .iter()
