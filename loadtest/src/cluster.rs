@@ -113,7 +113,50 @@ impl Cluster {
         for _ in 0..cluster.opts.workers {
             cluster.spawn_worker(&[]).await?;
         }
+        if cluster.opts.workers > 0 {
+            cluster.wait_ready().await?;
+        }
         Ok(cluster)
+    }
+
+    /// Wait until a worker holds the replication slot and every shard has an owner: from then on every
+    /// committed change reaches subscribers.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let shards: u64 = self
+            .opts
+            .worker_env
+            .iter()
+            .chain(&self.opts.gateway_env)
+            .find(|(k, _)| k == "REALTIME_SHARDS")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(common::shard::DEFAULT_SHARDS as u64);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (mut capturing, mut owned) = (false, 0u64);
+            for w in &self.workers {
+                let Ok(c) = crate::client::http(&w.addr, "GET", "/capture", &[], None).await else {
+                    continue;
+                };
+                capturing |= c.json().map(|j| j["capturing"] == true).unwrap_or(false);
+                let Ok(f) = crate::client::http(&w.addr, "GET", "/fanout", &[], None).await else {
+                    continue;
+                };
+                owned += f
+                    .json()
+                    .ok()
+                    .and_then(|j| j["shards"].as_u64())
+                    .unwrap_or(0);
+            }
+            if capturing && owned == shards {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "cluster not ready: capturing={capturing}, shards owned {owned}/{shards}"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
 
     /// The environment a gateway of this cluster runs with.

@@ -5,4 +5,5 @@ pub mod capture_bench;
 pub mod client;
 pub mod cluster;
 pub mod procstat;
+pub mod proxy;
 pub mod services;
