@@ -3,9 +3,10 @@
 //! - [`Position`]: where an event sits in the change stream: commit LSN, chunk, frame. Per query,
 //!   positions only grow; a gateway drops anything at or below the last it delivered (workers are
 //!   at-least-once: failover and replays re-send).
-//! - [`Batch`]: the binary message a worker publishes on a gateway's channel: entries of (query, position,
-//!   xid, pre-encoded frame body). The body is encoded once per query and shared by every subscriber;
-//!   the gateway only appends each subscriber's `,"uid":"…"}`.
+//! - Batches ([`encode_batch`], [`decode_batch`]): the binary message a worker publishes on a gateway's
+//!   channel: entries of (query, position, xid, pre-encoded frame body). The body is encoded once per
+//!   query and shared by every subscriber; the gateway only appends each subscriber's `,"uid":"…"}`.
+//!   A [`EntryKind::ReplayDone`] entry closes a replay the gateway asked for (see `gateway::hub`).
 //! - [`PgSnapshot`]: PostgreSQL's `pg_current_snapshot()`, to drop events already contained in an `init`
 //!   snapshot (gap-free init).
 
@@ -33,21 +34,33 @@ impl std::fmt::Display for Position {
     }
 }
 
-/// One event for one query.
+/// What an entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// An event frame body for the query's subscribers.
+    Event,
+    /// The end of a replay this gateway asked for: every event of the query up to `pos` has been
+    /// published before this entry. The body is the registration token the replay answered.
+    ReplayDone,
+}
+
+/// One entry for one query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<B> {
+    pub kind: EntryKind,
     pub query: QueryId,
     pub pos: Position,
     /// Top-level transaction id (for the init-snapshot visibility check).
     pub xid: u32,
     /// Commit time, µs since the Unix epoch (for latency metrics).
     pub commit_time: i64,
-    /// `{"type":"subscription","event":"…","data":…` without the closing part.
+    /// Events: `{"type":"subscription","event":"…","data":…` without the closing part.
+    /// Replay ends: the registration token.
     pub body: B,
 }
 
-const VERSION: u8 = 1;
-const HEADER: usize = 16 + 8 + 4 + 2 + 4 + 8 + 4;
+const VERSION: u8 = 2;
+const HEADER: usize = 1 + 16 + 8 + 4 + 2 + 4 + 8 + 4;
 
 /// Encode entries into one message.
 pub fn encode_batch<B: AsRef<[u8]>>(entries: &[Entry<B>]) -> Vec<u8> {
@@ -58,8 +71,9 @@ pub fn encode_batch<B: AsRef<[u8]>>(entries: &[Entry<B>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(size);
     out.push(VERSION);
     for e in entries {
-        append_entry(
+        append(
             &mut out,
+            e.kind,
             e.query,
             e.pos,
             e.xid,
@@ -70,7 +84,7 @@ pub fn encode_batch<B: AsRef<[u8]>>(entries: &[Entry<B>]) -> Vec<u8> {
     out
 }
 
-/// Append one entry to a message started with [`start_batch`].
+/// Append one event to a message started with [`start_batch`].
 pub fn append_entry(
     out: &mut Vec<u8>,
     query: QueryId,
@@ -79,6 +93,27 @@ pub fn append_entry(
     commit_time: i64,
     body: &[u8],
 ) {
+    append(out, EntryKind::Event, query, pos, xid, commit_time, body);
+}
+
+/// Append the end of a replay of `query` up to `pos`, answering registration `token`.
+pub fn append_replay_done(out: &mut Vec<u8>, query: QueryId, pos: Position, token: &[u8]) {
+    append(out, EntryKind::ReplayDone, query, pos, 0, 0, token);
+}
+
+fn append(
+    out: &mut Vec<u8>,
+    kind: EntryKind,
+    query: QueryId,
+    pos: Position,
+    xid: u32,
+    commit_time: i64,
+    body: &[u8],
+) {
+    out.push(match kind {
+        EntryKind::Event => 0,
+        EntryKind::ReplayDone => 1,
+    });
     out.extend_from_slice(&query.0.to_be_bytes());
     out.extend_from_slice(&pos.lsn.to_be_bytes());
     out.extend_from_slice(&pos.seq.to_be_bytes());
@@ -112,14 +147,20 @@ pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, Ba
         if rest.len() < HEADER {
             return Err(BatchError("truncated header"));
         }
-        let u128_at = |o: usize| u128::from_be_bytes(rest[o..o + 16].try_into().expect("16"));
-        let u64_at = |o: usize| u64::from_be_bytes(rest[o..o + 8].try_into().expect("8"));
-        let u32_at = |o: usize| u32::from_be_bytes(rest[o..o + 4].try_into().expect("4"));
+        let kind = match rest[0] {
+            0 => EntryKind::Event,
+            1 => EntryKind::ReplayDone,
+            _ => return Err(BatchError("unknown entry kind")),
+        };
+        let h = &rest[1..];
+        let u128_at = |o: usize| u128::from_be_bytes(h[o..o + 16].try_into().expect("16"));
+        let u64_at = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8"));
+        let u32_at = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().expect("4"));
         let query = QueryId(u128_at(0));
         let pos = Position {
             lsn: u64_at(16),
             seq: u32_at(24),
-            idx: u16::from_be_bytes(rest[28..30].try_into().expect("2")),
+            idx: u16::from_be_bytes(h[28..30].try_into().expect("2")),
         };
         let xid = u32_at(30);
         let commit_time = u64_at(34) as i64;
@@ -128,6 +169,7 @@ pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, Ba
             return Err(BatchError("truncated body"));
         }
         out.push(Entry {
+            kind,
             query,
             pos,
             xid,
@@ -200,6 +242,7 @@ mod tests {
     fn batch_round_trip() {
         let entries = vec![
             Entry {
+                kind: EntryKind::Event,
                 query: QueryId(7),
                 pos: Position {
                     lsn: 100,
@@ -211,6 +254,7 @@ mod tests {
                 body: b"{\"a\":1".to_vec(),
             },
             Entry {
+                kind: EntryKind::ReplayDone,
                 query: QueryId(u128::MAX),
                 pos: Position {
                     lsn: u64::MAX,
@@ -227,13 +271,16 @@ mod tests {
         assert_eq!(decoded.len(), 2);
         for (d, e) in decoded.iter().zip(&entries) {
             assert_eq!(
-                (d.query, d.pos, d.xid, d.commit_time),
-                (e.query, e.pos, e.xid, e.commit_time)
+                (d.kind, d.query, d.pos, d.xid, d.commit_time),
+                (e.kind, e.query, e.pos, e.xid, e.commit_time)
             );
             assert_eq!(&msg[d.body.clone()], &e.body[..]);
         }
         assert!(decode_batch(&[]).is_err());
-        assert!(decode_batch(&[2]).is_err());
+        assert!(decode_batch(&[1]).is_err(), "old version");
+        let mut bad_kind = msg.clone();
+        bad_kind[1] = 9;
+        assert!(decode_batch(&bad_kind).is_err());
         assert!(decode_batch(&msg[..msg.len() - 1]).is_err());
         assert!(decode_batch(&msg[..10]).is_err());
         assert_eq!(decode_batch(&start_batch()).unwrap().len(), 0);

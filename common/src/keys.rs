@@ -1,7 +1,8 @@
 //! Every Redis key and channel name the cluster uses, built in one place.
 //!
-//! Keys that a Lua script touches together share a hash tag (`{...}`) so they live on one Redis Cluster
-//! node.
+//! Keys that a Lua script or a multi-key command touches together share a hash tag (`{...}`) so they live
+//! on one Redis Cluster node: the change stream, its epoch and the ctl stream (`{changes}`); each shard's
+//! registrations, lease and checkpoint (`{sN}`); a gateway's channel and liveness key (`{gw:ID}`).
 
 /// Prefix of every key; lets several clusters share one Redis.
 #[derive(Debug, Clone)]
@@ -30,10 +31,15 @@ impl Keys {
         format!("{}:{{changes}}:epoch", self.prefix)
     }
 
-    /// Hash: consumer (shard) → last stream id whose results were published. Capture confirms the slot no
-    /// further than the slowest consumer, so PostgreSQL keeps what Redis might lose.
-    pub fn consumers(&self) -> String {
-        format!("{}:{{changes}}:consumers", self.prefix)
+    /// Stream of registration changes (every shard's), followed by every worker. In the change stream's
+    /// hash slot so one blocking `XREAD` covers both on a Redis Cluster.
+    pub fn ctl(&self) -> String {
+        format!("{}:{{changes}}:ctl", self.prefix)
+    }
+
+    /// Number of virtual shards the cluster was started with (first process writes it).
+    pub fn shard_count(&self) -> String {
+        format!("{}:shards", self.prefix)
     }
 
     /// Which worker currently captures (informational; the replication slot is the real lock).
@@ -56,19 +62,16 @@ impl Keys {
         format!("{}:{{s{n}}}:refs", self.prefix)
     }
 
-    /// Stream of registration changes for shard `n`, followed by its owner.
-    pub fn shard_ctl(&self, n: u32) -> String {
-        format!("{}:{{s{n}}}:ctl", self.prefix)
-    }
-
     /// Lease on shard `n`: the owning worker's id, with an expiry.
     pub fn shard_owner(&self, n: u32) -> String {
         format!("{}:{{s{n}}}:owner", self.prefix)
     }
 
-    /// Field of [`Keys::consumers`] holding shard `n`'s checkpoint.
-    pub fn shard_consumer(n: u32) -> String {
-        format!("s{n}")
+    /// Shard `n`'s checkpoint: the last change stream id whose results were published. Written only
+    /// by the lease holder; capture confirms the slot no further than the slowest checkpoint, so
+    /// PostgreSQL keeps what Redis might lose.
+    pub fn shard_checkpoint(&self, n: u32) -> String {
+        format!("{}:{{s{n}}}:ckpt", self.prefix)
     }
 
     /// Sorted set: worker id → last heartbeat (ms since the epoch).
@@ -83,12 +86,14 @@ impl Keys {
 
     /// Pub/sub channel on which workers publish a gateway's events.
     pub fn gateway_channel(&self, gateway: &str) -> String {
-        format!("{}:gw:{gateway}:events", self.prefix)
+        format!("{}:{{gw:{gateway}}}:events", self.prefix)
     }
 
-    /// Liveness key of a gateway (expires when it stops heartbeating).
+    /// Liveness key of a gateway (expires when it stops heartbeating). In its channel's hash slot: on a
+    /// Redis Cluster the heartbeat then goes to the node serving the channel, so a failed node is noticed
+    /// (and the subscription moved) within a heartbeat.
     pub fn gateway_alive(&self, gateway: &str) -> String {
-        format!("{}:gw:{gateway}:alive", self.prefix)
+        format!("{}:{{gw:{gateway}}}:alive", self.prefix)
     }
 }
 
@@ -103,10 +108,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_keys_share_a_hash_tag() {
+    fn keys_that_travel_together_share_a_hash_tag() {
         let k = Keys::new("rt");
         assert_eq!(k.changes(), "rt:{changes}:stream");
         assert_eq!(k.epoch(), "rt:{changes}:epoch");
-        assert_eq!(k.consumers(), "rt:{changes}:consumers");
+        assert_eq!(k.ctl(), "rt:{changes}:ctl");
+        assert_eq!(k.shard_owner(3), "rt:{s3}:owner");
+        assert_eq!(k.shard_checkpoint(3), "rt:{s3}:ckpt");
+        assert_eq!(k.gateway_channel("g1"), "rt:{gw:g1}:events");
+        assert_eq!(k.gateway_alive("g1"), "rt:{gw:g1}:alive");
     }
 }

@@ -1,7 +1,8 @@
-//! Pure code shared by the gateway and the fanout-worker.
+//! Code shared by the gateway and the fanout-worker.
 //!
-//! Nothing in this crate opens a socket or reads the clock on its own: every function takes values and
-//! returns values, so all of it is unit- and property-tested without services.
+//! Everything except [`redis`] is pure: no sockets, no clock of its own; every function takes values and
+//! returns values, so all of it is unit- and property-tested without services. [`redis`] is the one
+//! I/O module: connections to a single Redis, a Sentinel-managed primary or a Redis Cluster.
 //!
 //! - [`protocol`]: the Directus realtime wire protocol (parsing client messages, building server frames,
 //!   error codes, close codes).
@@ -13,7 +14,8 @@
 //! - [`normalize`]: a subscription plus the caller's permissions becomes a canonical [`normalize::NormalizedQuery`]
 //!   whose hash is the query id.
 //! - [`sql`]: parameterised SQL for init snapshots.
-//! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
+//! - [`shard`], [`keys`], [`scripts`]: stable hashing, the Redis key schema and the Lua scripts on it.
+//! - [`redis`]: connections, subscriptions and multi-slot commands for every Redis deployment.
 //! - [`ws`]: RFC 6455 framing.
 //! - [`delivery`]: positions, the worker→gateway batch format, snapshot visibility.
 //! - [`change`]: captured transactions as they travel through the Redis change stream.
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod normalize;
 pub mod protocol;
 pub mod query;
+pub mod redis;
 pub mod schema;
 pub mod scripts;
 pub mod shard;

@@ -150,7 +150,13 @@ fn bench(c: &mut Criterion) {
         let mut ix = index(n, 1);
         // 100 changes: one inside the registered range, 99 outside it.
         let chunks: Vec<TxChunk> = (0..100)
-            .map(|i| chunk(if i == 0 { (n / 2) as i64 } else { (n + i) as i64 }))
+            .map(|i| {
+                chunk(if i == 0 {
+                    (n / 2) as i64
+                } else {
+                    (n + i) as i64
+                })
+            })
             .collect();
         let matched: usize = chunks.iter().map(|ch| run(&mut ix, ch, &mut out)).sum();
         assert_eq!(matched, 1);

@@ -19,10 +19,10 @@ use crate::config::WorkerConfig;
 use crate::pgoutput;
 use common::change::{StreamId, TxChunk, format_lsn};
 use common::keys::Keys;
+use common::redis::{Conn, Redis};
 use common::value::Kind;
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use redis::aio::ConnectionManager;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,7 +40,7 @@ const SETUP_LOCK: i64 = 0x7274_6361_7074; // "rtcapt"
 
 /// How stale the consumers' checkpoints may be when confirming (they only ever hold confirmation back,
 /// so a stale read confirms less, never more).
-const CONSUMERS_REFRESH: Duration = Duration::from_millis(100);
+const CONSUMERS_REFRESH: Duration = Duration::from_millis(500);
 
 /// How often a standby retries the slot.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
@@ -346,7 +346,7 @@ fn spawn_identity_fix(cfg: &WorkerConfig, schema: &str, table: &str) {
 }
 
 /// Create the Redis epoch if missing and return it.
-async fn ensure_epoch(redis: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<String> {
+async fn ensure_epoch(redis: &mut Conn, keys: &Keys) -> anyhow::Result<String> {
     let fresh = format!("{:016x}", rand::random::<u64>());
     let _: Option<String> = redis::cmd("SET")
         .arg(keys.epoch())
@@ -418,8 +418,7 @@ async fn session(
     let keys = Keys::new(&cfg.redis_prefix);
     let pg = connect_pg(cfg).await?;
     setup(&pg, cfg).await?;
-    let redis_client = redis::Client::open(cfg.redis_url.as_str())?;
-    let mut redis = ConnectionManager::new(redis_client).await?;
+    let mut redis = Redis::new(&cfg.redis)?.connect().await?;
     let epoch = ensure_epoch(&mut redis, &keys).await?;
 
     let mut client = ReplicationClient::connect(replication_config(cfg)?).await?;
@@ -663,15 +662,30 @@ async fn handle_event(
     Ok(())
 }
 
-async fn read_consumers(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-) -> anyhow::Result<Vec<StreamId>> {
-    let map: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys.consumers())
+/// Every shard's checkpoint (shards never checkpointed hold nothing back).
+async fn read_consumers(redis: &mut Conn, keys: &Keys) -> anyhow::Result<Vec<StreamId>> {
+    let shards: Option<u32> = redis::cmd("GET")
+        .arg(keys.shard_count())
         .query_async(redis)
         .await?;
-    Ok(map.values().filter_map(|v| v.parse().ok()).collect())
+    let Some(shards) = shards else {
+        return Ok(Vec::new());
+    };
+    let gets: Vec<redis::Cmd> = (0..shards)
+        .map(|n| {
+            let mut c = redis::cmd("GET");
+            c.arg(keys.shard_checkpoint(n));
+            c
+        })
+        .collect();
+    let values = redis.query_all(&gets).await?;
+    Ok(values
+        .iter()
+        .filter_map(|v| match v {
+            redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        })
+        .collect())
 }
 
 fn confirm(client: &ReplicationClient, stats: &CaptureStats, pos: u64) {
@@ -684,7 +698,7 @@ fn confirm(client: &ReplicationClient, stats: &CaptureStats, pos: u64) {
 
 /// Drop entries older than `max_age`, but never ones a consumer still needs.
 async fn trim_by_age(
-    redis: &mut ConnectionManager,
+    redis: &mut Conn,
     keys: &Keys,
     history: &mut VecDeque<(Instant, StreamId)>,
     max_age: Duration,

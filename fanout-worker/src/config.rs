@@ -39,7 +39,7 @@ pub struct WorkerConfig {
     pub port: u16,
     pub db_url: String,
     pub db_schema: String,
-    pub redis_url: String,
+    pub redis: common::redis::RedisSettings,
     pub redis_prefix: String,
     /// This worker's name (logs, `application_name`, ownership keys).
     pub worker_id: String,
@@ -90,21 +90,10 @@ impl WorkerConfig {
             );
         }
         let db_schema = r.string("DB_SEARCH_PATH", "public");
-        let redis_url = match r.opt("REDIS") {
-            Some(u) => {
-                if redis::Client::open(u.as_str()).is_err() {
-                    r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
-                }
-                u
-            }
-            None => {
-                r.err(
-                    "REDIS",
-                    "is required: workers exchange changes and subscriptions through Redis",
-                );
-                String::new()
-            }
-        };
+        let redis = common::redis::RedisSettings::from_env(
+            &mut r,
+            "workers exchange changes and subscriptions through Redis",
+        );
         let redis_prefix = r.string("REALTIME_REDIS_PREFIX", "rt");
         let worker_id = r
             .opt("REALTIME_WORKER_ID")
@@ -167,7 +156,7 @@ impl WorkerConfig {
             port,
             db_url,
             db_schema,
-            redis_url,
+            redis,
             redis_prefix,
             worker_id,
             capture,

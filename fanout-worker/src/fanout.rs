@@ -5,11 +5,14 @@
 //! 1. every second, shard membership ([`crate::shards`]): load acquired shards (their registrations, then a
 //!    catch-up replay from the shard's checkpoint), checkpoint and release shards handed over, drop lost
 //!    ones; every few seconds, remove the registrations of gateways whose liveness key expired;
-//! 2. one blocking `XREAD` over the change stream and every owned shard's ctl stream: registrations are
-//!    applied at once, and a new (query, gateway) registration gets a replay of the stream from the position
-//!    the gateway asked for (gap-free init); then the new changes are matched;
-//! 3. frames go out as one message per gateway (`common::delivery`), then the shards' checkpoints advance
-//!    (fenced by their leases). Capture never confirms the slot past the slowest checkpoint.
+//! 2. one blocking `XREAD` over the change stream and the ctl stream (both in the `{changes}` hash slot):
+//!    registrations for owned shards are applied at once, and a (query, gateway) registration that asks
+//!    for a replay gets the stream re-read from the position the gateway asked for, closed by a
+//!    replay-done entry (gap-free init, and recovery after a gateway lost messages); then the new changes
+//!    are matched;
+//! 3. frames go out as one message per gateway (`common::delivery`), then, at most every
+//!    [`CHECKPOINT_EVERY`], the shards' checkpoints advance (fenced by their leases). Capture never
+//!    confirms the slot past the slowest checkpoint.
 //!
 //! Delivery is at-least-once (a new owner resumes from a checkpoint written after publishing; replays
 //! overlap live events); gateways drop what they already delivered, by position.
@@ -19,11 +22,11 @@ use crate::index::Index;
 use crate::matcher::{Frame, match_chunk};
 use crate::shards::Membership;
 use common::change::{StreamId, TxChunk};
-use common::delivery::append_entry;
+use common::delivery::{Position, append_entry, append_replay_done};
 use common::keys::Keys;
 use common::normalize::{NormalizedQuery, QueryId};
+use common::redis::{Conn, Lua, Redis};
 use common::shard::shard_of;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,7 +38,12 @@ use tokio::sync::watch;
 const BLOCK_MS: u64 = 200;
 /// Publish a gateway's message once it grows past this, even mid-batch (bounds memory per gateway).
 const MAX_MESSAGE: usize = 1 << 20;
-const CTL_MAXLEN: usize = 100_000;
+/// Approximate length kept of the ctl stream (workers follow it continuously; a shard's new owner loads
+/// the shard's hashes, so old entries are not needed).
+pub const CTL_MAXLEN: usize = 100_000;
+/// How often owned shards' checkpoints are written while changes flow. Later only means a longer
+/// catch-up replay after a failover (gateways drop what they already have).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct FanoutStats {
@@ -53,13 +61,14 @@ pub struct FanoutStats {
 enum Scope {
     /// Catch a newly acquired shard up from its checkpoint (all its queries, all their gateways).
     Shard(u32),
-    /// A new registration: one query, one gateway.
+    /// A registration asking for a replay: one query, one gateway. Ends with a replay-done entry
+    /// carrying `request`.
     Query {
         id: QueryId,
         gateway: Arc<str>,
         shard: u32,
         field: String,
-        from_text: String,
+        request: String,
     },
 }
 
@@ -98,13 +107,19 @@ struct Loop<'a> {
     cfg: &'a WorkerConfig,
     stats: &'a FanoutStats,
     keys: Keys,
-    cmd: ConnectionManager,
-    read: ConnectionManager,
+    redis: Redis,
+    cmd: Conn,
+    /// For the blocking `XREAD` only.
+    read: Conn,
     index: Index,
     members: Membership,
     cursor: StreamId,
-    ctl: BTreeMap<u32, String>,
+    /// Position in the ctl stream.
+    ctl: StreamId,
+    /// Per owned shard, the ctl position its registrations were loaded at: older entries are in the load.
+    loaded_at: BTreeMap<u32, StreamId>,
     replays: VecDeque<Replay>,
+    last_checkpoint: Instant,
     out: HashMap<Arc<str>, Vec<u8>>,
     frames: Vec<Frame>,
     epoch: String,
@@ -112,10 +127,10 @@ struct Loop<'a> {
 }
 
 struct Scripts {
-    load: redis::Script,
-    checkpoint: redis::Script,
-    unregister: redis::Script,
-    replayed: redis::Script,
+    load: Lua,
+    checkpoint: Lua,
+    unregister: Lua,
+    replayed: Lua,
 }
 
 async fn session(
@@ -124,10 +139,10 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let keys = Keys::new(&cfg.redis_prefix);
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
-    let mut cmd = ConnectionManager::new(client.clone()).await?;
-    let read = ConnectionManager::new(client).await?;
-    let shards_key = format!("{}:shards", cfg.redis_prefix);
+    let redis = Redis::new(&cfg.redis)?;
+    let mut cmd = redis.connect().await?;
+    let read = redis.connect().await?;
+    let shards_key = keys.shard_count();
     let _: Option<String> = redis::cmd("SET")
         .arg(&shards_key)
         .arg(cfg.shards)
@@ -158,37 +173,30 @@ async fn session(
             _ = stop.changed() => return Ok(()),
         }
     };
-    let last: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XREVRANGE")
-        .arg(keys.changes())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut cmd)
-        .await?;
-    let cursor = last
-        .first()
-        .and_then(|(id, _)| id.parse().ok())
-        .unwrap_or_default();
+    let cursor = last_id(&mut cmd, &keys.changes()).await?;
+    let ctl = last_id(&mut cmd, &keys.ctl()).await?;
     let mut l = Loop {
         cfg,
         stats,
         members: Membership::new(&cfg.worker_id, cfg.shards, cfg.shard_lease, keys.clone()),
         keys,
+        redis,
         cmd,
         read,
         index: Index::default(),
         cursor,
-        ctl: BTreeMap::new(),
+        ctl,
+        loaded_at: BTreeMap::new(),
         replays: VecDeque::new(),
+        last_checkpoint: Instant::now(),
         out: HashMap::new(),
         frames: Vec::new(),
         epoch,
         scripts: Scripts {
-            load: redis::Script::new(common::scripts::LOAD_SHARD),
-            checkpoint: redis::Script::new(common::scripts::CHECKPOINT),
-            unregister: redis::Script::new(common::scripts::UNREGISTER),
-            replayed: redis::Script::new(common::scripts::REPLAYED),
+            load: Lua::new(common::scripts::LOAD_SHARD),
+            checkpoint: Lua::new(common::scripts::CHECKPOINT),
+            unregister: Lua::new(common::scripts::UNREGISTER),
+            replayed: Lua::new(common::scripts::REPLAYED),
         },
     };
     tracing::info!(cursor = %l.cursor, "matching started");
@@ -210,6 +218,52 @@ async fn session(
         l.run_replays().await?;
         l.read_and_process().await?;
     }
+}
+
+/// The last id of a stream (`0-0` when empty or missing).
+async fn last_id(con: &mut Conn, key: &str) -> anyhow::Result<StreamId> {
+    let last: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(con)
+        .await?;
+    Ok(last
+        .first()
+        .and_then(|(id, _)| id.parse().ok())
+        .unwrap_or_default())
+}
+
+/// Whether entries after `after` were deleted from a stream (trimmed before we read them). Uses
+/// `XINFO STREAM`'s `max-deleted-entry-id` (Redis 7); `false` when the server does not report it.
+pub async fn trimmed_past(con: &mut Conn, key: &str, after: StreamId) -> anyhow::Result<bool> {
+    let info: redis::Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(con)
+        .await
+    {
+        Ok(v) => v,
+        // No such key: nothing was trimmed.
+        Err(e) if e.to_string().contains("no such key") => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let pairs: Vec<(&redis::Value, &redis::Value)> = match &info {
+        redis::Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        redis::Value::Array(a) => a
+            .chunks(2)
+            .filter_map(|c| Some((c.first()?, c.get(1)?)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let deleted = pairs
+        .into_iter()
+        .find(|(k, _)| text(k).as_deref() == Some("max-deleted-entry-id"))
+        .and_then(|(_, v)| text(v))
+        .and_then(|t| t.parse::<StreamId>().ok());
+    Ok(deleted.is_some_and(|d| d > after))
 }
 
 fn bytes(v: &redis::Value) -> Option<&[u8]> {
@@ -236,6 +290,17 @@ impl Loop<'_> {
         if e.as_deref() != Some(self.epoch.as_str()) {
             anyhow::bail!("Redis lost its data (the change stream epoch changed); starting over");
         }
+        if trimmed_past(&mut self.cmd, &self.keys.ctl(), self.ctl).await? {
+            // We fell so far behind that registrations we never read were trimmed: reload every shard.
+            tracing::warn!("the ctl stream was trimmed past our position; reloading owned shards");
+            metrics::counter!("realtime_ctl_reloads_total").increment(1);
+            self.ctl = last_id(&mut self.cmd, &self.keys.ctl()).await?;
+            let owned: Vec<u32> = self.members.owned.iter().copied().collect();
+            for n in owned {
+                self.drop_shard(n);
+                self.load_shard(n).await?;
+            }
+        }
         let changes = self.members.tick(&mut self.cmd).await?;
         for n in changes.lost {
             tracing::warn!(
@@ -246,8 +311,8 @@ impl Loop<'_> {
         }
         if !changes.to_release.is_empty() {
             self.flush().await?;
+            self.checkpoint(&changes.to_release).await?;
             for n in changes.to_release {
-                self.checkpoint(&[n]).await?;
                 self.members.release(&mut self.cmd, n).await?;
                 self.drop_shard(n);
                 tracing::debug!(shard = n, "handed a shard over");
@@ -269,22 +334,23 @@ impl Loop<'_> {
 
     fn drop_shard(&mut self, n: u32) {
         self.index.remove_shard(n);
-        self.ctl.remove(&n);
+        self.loaded_at.remove(&n);
         self.replays.retain(|r| match &r.scope {
             Scope::Shard(s) => *s != n,
             Scope::Query { shard, .. } => *shard != n,
         });
     }
 
-    /// Load a newly acquired shard: its registrations, the ctl position they correspond to, and a
-    /// catch-up from its checkpoint.
+    /// Load a newly acquired shard: the ctl position first, then its registrations (so ctl entries we
+    /// have not read yet can only repeat what is loaded), then a catch-up from its checkpoint.
     async fn load_shard(&mut self, n: u32) -> anyhow::Result<()> {
-        let (defs, regs, ctl_id): (Vec<String>, Vec<String>, String) = self
+        let at = last_id(&mut self.cmd, &self.keys.ctl()).await?;
+        let (defs, regs): (Vec<String>, Vec<String>) = self
             .scripts
             .load
+            .prepare()
             .key(self.keys.shard_defs(n))
             .key(self.keys.shard_reg(n))
-            .key(self.keys.shard_ctl(n))
             .invoke_async(&mut self.cmd)
             .await?;
         let mut parsed: HashMap<String, Arc<NormalizedQuery>> = HashMap::new();
@@ -301,7 +367,7 @@ impl Loop<'_> {
             }
         }
         for pair in regs.chunks(2) {
-            let [field, from] = pair else { continue };
+            let [field, request] = pair else { continue };
             let Some((qid, gw)) = field.split_once('|') else {
                 continue;
             };
@@ -309,12 +375,11 @@ impl Loop<'_> {
                 continue;
             };
             self.index.register(id, n, def.clone(), gw);
-            self.schedule_query_replay(id, gw, n, field, from);
+            self.schedule_query_replay(id, gw, n, field, request);
         }
-        self.ctl.insert(n, ctl_id);
-        let ckpt: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.consumers())
-            .arg(Keys::shard_consumer(n))
+        self.loaded_at.insert(n, at);
+        let ckpt: Option<String> = redis::cmd("GET")
+            .arg(self.keys.shard_checkpoint(n))
             .query_async(&mut self.cmd)
             .await?;
         if let Some(from) = ckpt.and_then(|c| c.parse::<StreamId>().ok())
@@ -330,28 +395,29 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// Queue the replay a registration asks for (`request` is `<LSN>@<token>`, or `-` for none). A
+    /// replay starting after the cursor re-reads nothing but still sends its replay-done entry, which
+    /// the gateway is waiting for.
     fn schedule_query_replay(
         &mut self,
         id: QueryId,
         gw: &str,
         shard: u32,
         field: &str,
-        from: &str,
+        request: &str,
     ) {
-        let Ok(lsn) = from.parse::<u64>() else { return };
-        let from_id = StreamId { lsn, seq: 0 };
-        if from_id > self.cursor {
-            return; // live processing covers it
-        }
+        let Some(lsn) = common::scripts::replay_request_lsn(request) else {
+            return;
+        };
         self.replays.push_back(Replay {
             scope: Scope::Query {
                 id,
                 gateway: gw.into(),
                 shard,
                 field: field.to_owned(),
-                from_text: from.to_owned(),
+                request: request.to_owned(),
             },
-            from: from_id,
+            from: StreamId { lsn, seq: 0 },
             to: self.cursor,
         });
     }
@@ -361,8 +427,17 @@ impl Loop<'_> {
         while let Some(r) = self.replays.pop_front() {
             self.stats.replays.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("realtime_replays_total").increment(1);
+            if r.from <= r.to
+                && r.from > StreamId::default()
+                && trimmed_past(&mut self.cmd, &self.keys.changes(), r.from).await?
+            {
+                tracing::error!(from = %r.from, "a replay starts before the oldest change still in the stream: events are missing (raise REALTIME_STREAM_MAX_AGE / REALTIME_STREAM_MAXLEN)");
+                metrics::counter!("realtime_stream_gaps_total").increment(1);
+            }
             let mut start = r.from.to_string();
-            loop {
+            // Pages of the range until one comes back short (an empty range reads nothing).
+            let mut more = r.from <= r.to;
+            while more {
                 type Entries = Vec<(String, HashMap<String, redis::Value>)>;
                 let page: Entries = redis::cmd("XRANGE")
                     .arg(self.keys.changes())
@@ -376,7 +451,7 @@ impl Loop<'_> {
                     break;
                 };
                 start = format!("({last_id}");
-                let done = page.len() < 256;
+                more = page.len() == 256;
                 for (_, fields) in &page {
                     let Some(chunk) = fields
                         .get("d")
@@ -424,24 +499,40 @@ impl Loop<'_> {
                         self.flush().await?;
                     }
                 }
-                if done {
-                    break;
-                }
+            }
+            if let Scope::Query {
+                id,
+                gateway,
+                request,
+                ..
+            } = &r.scope
+            {
+                let msg = self
+                    .out
+                    .entry(gateway.clone())
+                    .or_insert_with(common::delivery::start_batch);
+                let upto = Position {
+                    lsn: r.to.lsn,
+                    seq: r.to.seq as u32,
+                    idx: u16::MAX,
+                };
+                append_replay_done(msg, *id, upto, request.as_bytes());
             }
             self.flush().await?;
             if let Scope::Query {
                 shard,
                 field,
-                from_text,
+                request,
                 ..
             } = &r.scope
             {
                 let _: i64 = self
                     .scripts
                     .replayed
+                    .prepare()
                     .key(self.keys.shard_reg(*shard))
                     .arg(field)
-                    .arg(from_text)
+                    .arg(request)
                     .invoke_async(&mut self.cmd)
                     .await?;
             }
@@ -449,43 +540,38 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// One blocking read over the change stream and the owned shards' ctl streams; apply and match.
+    /// One blocking read over the change stream and the ctl stream; apply and match.
     async fn read_and_process(&mut self) -> anyhow::Result<()> {
-        let mut c = redis::cmd("XREAD");
-        c.arg("COUNT")
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
             .arg(self.cfg.match_batch)
             .arg("BLOCK")
             .arg(BLOCK_MS)
             .arg("STREAMS")
-            .arg(self.keys.changes());
-        for n in self.ctl.keys() {
-            c.arg(self.keys.shard_ctl(*n));
-        }
-        c.arg(self.cursor.to_string());
-        for id in self.ctl.values() {
-            c.arg(id);
-        }
-        let reply: Option<StreamReadReply> = c.query_async(&mut self.read).await?;
-        let Some(reply) = reply else { return Ok(()) };
+            .arg(self.keys.changes())
+            .arg(self.keys.ctl())
+            .arg(self.cursor.to_string())
+            .arg(self.ctl.to_string())
+            .query_async(&mut self.read)
+            .await?;
+        let Some(reply) = reply else {
+            return self.checkpoint_due().await;
+        };
         let changes_key = self.keys.changes();
+        let ctl_key = self.keys.ctl();
         // Registrations first: a change read in the same round is then matched against them.
-        for k in reply.keys.iter().filter(|k| k.key != changes_key) {
-            let Some(n) = self
-                .ctl
-                .keys()
-                .copied()
-                .find(|n| self.keys.shard_ctl(*n) == k.key)
-            else {
-                continue;
-            };
-            for e in &k.ids {
-                self.ctl.insert(n, e.id.clone());
-                self.apply_ctl(n, &e.map);
+        if let Some(ctl) = reply.keys.iter().find(|k| k.key == ctl_key) {
+            for e in &ctl.ids {
+                let Ok(id) = e.id.parse::<StreamId>() else {
+                    continue;
+                };
+                self.ctl = id;
+                self.apply_ctl(id, &e.map);
             }
         }
         self.run_replays().await?;
         let Some(changes) = reply.keys.iter().find(|k| k.key == changes_key) else {
-            return Ok(());
+            return self.checkpoint_due().await;
         };
         let started = Instant::now();
         let mut processed = 0u64;
@@ -537,11 +623,20 @@ impl Loop<'_> {
             .cursor_lsn
             .store(self.cursor.lsn, Ordering::Relaxed);
         self.flush().await?;
+        self.checkpoint_due().await
+    }
+
+    /// Checkpoint every owned shard if the last checkpoint is old enough.
+    async fn checkpoint_due(&mut self) -> anyhow::Result<()> {
+        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
         let owned: Vec<u32> = self.members.owned.iter().copied().collect();
         self.checkpoint(&owned).await
     }
 
-    fn apply_ctl(&mut self, n: u32, map: &HashMap<String, redis::Value>) {
+    /// Apply a ctl entry if it concerns an owned shard and is newer than that shard's load.
+    fn apply_ctl(&mut self, at: StreamId, map: &HashMap<String, redis::Value>) {
         let get = |k: &str| map.get(k).and_then(text);
         let (Some(op), Some(qid), Some(gw)) = (get("op"), get("q"), get("g")) else {
             return;
@@ -549,6 +644,10 @@ impl Loop<'_> {
         let Ok(id) = qid.parse::<QueryId>() else {
             return;
         };
+        let n = shard_of(id, self.cfg.shards);
+        if self.loaded_at.get(&n).is_none_or(|loaded| at <= *loaded) {
+            return; // not ours, or already part of what we loaded
+        }
         match op.as_str() {
             "reg" => {
                 let Some(def) = get("d")
@@ -558,13 +657,10 @@ impl Loop<'_> {
                     tracing::warn!(query = %qid, "ignoring a registration with an unreadable definition");
                     return;
                 };
-                if shard_of(id, self.cfg.shards) != n {
-                    return;
-                }
                 self.index.register(id, n, Arc::new(def), &gw);
-                let from = get("f").unwrap_or_else(|| "-".into());
+                let request = get("f").unwrap_or_else(|| "-".into());
                 let field = format!("{qid}|{gw}");
-                self.schedule_query_replay(id, &gw, n, &field, &from);
+                self.schedule_query_replay(id, &gw, n, &field, &request);
             }
             "unreg" => {
                 self.index.unregister(&id, &gw);
@@ -578,39 +674,50 @@ impl Loop<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        let mut count = 0u64;
-        for (gw, msg) in self.out.drain() {
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.gateway_channel(&gw))
-                .arg(msg)
-                .ignore();
-            count += 1;
-        }
+        let publish = self.redis.publish_command();
+        let cmds: Vec<redis::Cmd> = self
+            .out
+            .drain()
+            .map(|(gw, msg)| {
+                let mut c = redis::cmd(publish);
+                c.arg(self.keys.gateway_channel(&gw)).arg(msg);
+                c
+            })
+            .collect();
         let started = Instant::now();
-        let _: () = pipe.query_async(&mut self.cmd).await?;
+        if let Err(e) = self.cmd.query_all(&cmds).await {
+            metrics::counter!("realtime_redis_publish_errors_total").increment(1);
+            return Err(e.into());
+        }
         metrics::histogram!("realtime_redis_publish_seconds")
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("realtime_published_messages_total").increment(count);
-        self.stats.messages.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!("realtime_published_messages_total").increment(cmds.len() as u64);
+        self.stats
+            .messages
+            .fetch_add(cmds.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Advance the checkpoints of `shards` to the cursor, for the shards whose lease we still hold.
     async fn checkpoint(&mut self, shards: &[u32]) -> anyhow::Result<()> {
+        self.last_checkpoint = Instant::now();
         if shards.is_empty() {
             return Ok(());
         }
-        let mut inv = self.scripts.checkpoint.prepare_invoke();
-        inv.key(self.keys.consumers());
-        for n in shards {
-            inv.key(self.keys.shard_owner(*n));
-        }
-        inv.arg(&self.members.me).arg(self.cursor.to_string());
-        for n in shards {
-            inv.arg(Keys::shard_consumer(*n));
-        }
-        let _: i64 = inv.invoke_async(&mut self.cmd).await?;
+        let pos = self.cursor.to_string();
+        let calls: Vec<(Vec<String>, Vec<String>)> = shards
+            .iter()
+            .map(|n| {
+                (
+                    vec![self.keys.shard_owner(*n), self.keys.shard_checkpoint(*n)],
+                    vec![self.members.me.clone(), pos.clone()],
+                )
+            })
+            .collect();
+        self.scripts
+            .checkpoint
+            .eval_each(&mut self.cmd, &calls)
+            .await?;
         Ok(())
     }
 
@@ -620,13 +727,17 @@ impl Loop<'_> {
         if gateways.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for gw in &gateways {
-            pipe.cmd("EXISTS").arg(self.keys.gateway_alive(gw));
-        }
-        let alive: Vec<bool> = pipe.query_async(&mut self.cmd).await?;
+        let exists: Vec<redis::Cmd> = gateways
+            .iter()
+            .map(|gw| {
+                let mut c = redis::cmd("EXISTS");
+                c.arg(self.keys.gateway_alive(gw));
+                c
+            })
+            .collect();
+        let alive = self.cmd.query_all(&exists).await?;
         for (gw, alive) in gateways.iter().zip(alive) {
-            if alive {
+            if alive != redis::Value::Int(0) {
                 continue;
             }
             let queries: Vec<(QueryId, u32)> = self
@@ -637,13 +748,31 @@ impl Loop<'_> {
                 .collect();
             tracing::info!(gateway = %gw, queries = queries.len(), "removing the registrations of a gateway that stopped heartbeating");
             for (id, n) in queries {
-                let mut inv = self.scripts.unregister.prepare_invoke();
-                inv.key(self.keys.shard_defs(n))
+                let _: i64 = self
+                    .scripts
+                    .unregister
+                    .prepare()
+                    .key(self.keys.shard_defs(n))
                     .key(self.keys.shard_reg(n))
                     .key(self.keys.shard_refs(n))
-                    .key(self.keys.shard_ctl(n));
-                inv.arg(id.to_string()).arg(&**gw).arg(CTL_MAXLEN);
-                let _: i64 = inv.invoke_async(&mut self.cmd).await?;
+                    .arg(id.to_string())
+                    .arg(&**gw)
+                    .invoke_async(&mut self.cmd)
+                    .await?;
+                let _: String = redis::cmd("XADD")
+                    .arg(self.keys.ctl())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(CTL_MAXLEN)
+                    .arg("*")
+                    .arg("op")
+                    .arg("unreg")
+                    .arg("q")
+                    .arg(id.to_string())
+                    .arg("g")
+                    .arg(&**gw)
+                    .query_async(&mut self.cmd)
+                    .await?;
             }
             self.index.drop_gateway(gw);
             let _: () = redis::cmd("SREM")

@@ -8,7 +8,7 @@
 //! writes its checkpoint and releases the lease so the new owner can take over at once.
 
 use common::keys::Keys;
-use redis::aio::ConnectionManager;
+use common::redis::{Conn, Lua};
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,9 +41,9 @@ pub struct Membership {
     lease: Duration,
     keys: Keys,
     pub owned: BTreeSet<u32>,
-    renew: redis::Script,
-    release: redis::Script,
-    acquire: redis::Script,
+    renew: Lua,
+    release: Lua,
+    acquire: Lua,
 }
 
 fn now_ms() -> u64 {
@@ -61,14 +61,16 @@ impl Membership {
             lease,
             keys,
             owned: BTreeSet::new(),
-            renew: redis::Script::new(common::scripts::RENEW),
-            release: redis::Script::new(common::scripts::RELEASE),
-            acquire: redis::Script::new(common::scripts::ACQUIRE),
+            renew: Lua::new(common::scripts::RENEW),
+            release: Lua::new(common::scripts::RELEASE),
+            acquire: Lua::new(common::scripts::ACQUIRE),
         }
     }
 
-    /// Heartbeat, renew what we own, and work out what to acquire and hand over.
-    pub async fn tick(&mut self, con: &mut ConnectionManager) -> redis::RedisResult<Changes> {
+    /// Heartbeat, renew what we own, and work out what to acquire and hand over. Renewals and
+    /// acquisitions are one script call per shard (each shard's keys live in their own hash slot), sent
+    /// together.
+    pub async fn tick(&mut self, con: &mut Conn) -> redis::RedisResult<Changes> {
         let now = now_ms();
         let lease_ms = self.lease.as_millis() as u64;
         let (_, _, mut live): ((), (), Vec<String>) = redis::pipe()
@@ -88,48 +90,64 @@ impl Membership {
             .await?;
         live.sort();
         let mut changes = Changes::default();
-        if !self.owned.is_empty() {
-            let owned: Vec<u32> = self.owned.iter().copied().collect();
-            let mut inv = self.renew.prepare_invoke();
-            for n in &owned {
-                inv.key(self.keys.shard_owner(*n));
-            }
-            inv.arg(&self.me).arg(lease_ms);
-            let held: Vec<i64> = inv.invoke_async(con).await?;
-            for (n, ok) in owned.iter().zip(held) {
-                if ok == 0 {
-                    self.owned.remove(n);
-                    changes.lost.push(*n);
-                }
+        let owned: Vec<u32> = self.owned.iter().copied().collect();
+        let held = self.each(con, &self.renew, &owned, lease_ms).await?;
+        for (n, ok) in owned.iter().zip(held) {
+            if !ok {
+                self.owned.remove(n);
+                changes.lost.push(*n);
             }
         }
+        let mut wanted = Vec::new();
         for n in 0..self.total {
             let intended = intended_owner(n, &live) == Some(self.me.as_str());
             let owned = self.owned.contains(&n);
             if owned && !intended {
                 changes.to_release.push(n);
             } else if intended && !owned {
-                let got: i64 = self
-                    .acquire
-                    .key(self.keys.shard_owner(n))
-                    .arg(&self.me)
-                    .arg(lease_ms)
-                    .invoke_async(con)
-                    .await?;
-                if got == 1 {
-                    self.owned.insert(n);
-                    changes.acquired.push(n);
-                }
+                wanted.push(n);
+            }
+        }
+        let got = self.each(con, &self.acquire, &wanted, lease_ms).await?;
+        for (n, ok) in wanted.iter().zip(got) {
+            if ok {
+                self.owned.insert(*n);
+                changes.acquired.push(*n);
             }
         }
         Ok(changes)
     }
 
+    /// Run a lease script (KEYS: owner; ARGV: me, lease) for each shard; true where it returned 1.
+    async fn each(
+        &self,
+        con: &mut Conn,
+        script: &Lua,
+        shards: &[u32],
+        lease_ms: u64,
+    ) -> redis::RedisResult<Vec<bool>> {
+        let calls: Vec<(Vec<String>, Vec<String>)> = shards
+            .iter()
+            .map(|n| {
+                (
+                    vec![self.keys.shard_owner(*n)],
+                    vec![self.me.clone(), lease_ms.to_string()],
+                )
+            })
+            .collect();
+        let replies = script.eval_each(con, &calls).await?;
+        Ok(replies
+            .iter()
+            .map(|v| matches!(v, redis::Value::Int(1)))
+            .collect())
+    }
+
     /// Give up a shard (after its checkpoint was written).
-    pub async fn release(&mut self, con: &mut ConnectionManager, n: u32) -> redis::RedisResult<()> {
+    pub async fn release(&mut self, con: &mut Conn, n: u32) -> redis::RedisResult<()> {
         self.owned.remove(&n);
         let _: i64 = self
             .release
+            .prepare()
             .key(self.keys.shard_owner(n))
             .arg(&self.me)
             .invoke_async(con)
@@ -138,7 +156,7 @@ impl Membership {
     }
 
     /// Leave the cluster: release every shard and the membership entry.
-    pub async fn leave(&mut self, con: &mut ConnectionManager) {
+    pub async fn leave(&mut self, con: &mut Conn) {
         for n in self.owned.clone() {
             let _ = self.release(con, n).await;
         }

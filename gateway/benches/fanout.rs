@@ -7,7 +7,7 @@
 //! Run: `cargo bench -p gateway --bench fanout`.
 
 use bytes::Bytes;
-use common::delivery::{Entry, Position, encode_batch};
+use common::delivery::{Entry, EntryKind, Position, encode_batch};
 use common::normalize::QueryId;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gateway::hub::{Hub, SubKey};
@@ -26,9 +26,8 @@ fn bench(c: &mut Criterion) {
         let hub = Hub::default();
         let id = QueryId(0xfeed);
         let def: Arc<str> = "{}".into();
-        let outboxes: Vec<Arc<Outbox>> = (0..subs)
-            .map(|_| Arc::new(Outbox::new(1 << 20)))
-            .collect();
+        let outboxes: Vec<Arc<Outbox>> =
+            (0..subs).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
         for (i, ob) in outboxes.iter().enumerate() {
             let key = SubKey {
                 conn: i as u64,
@@ -47,8 +46,13 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     lsn += 1;
                     let msg = Bytes::from(encode_batch(&[Entry {
+                        kind: EntryKind::Event,
                         query: id,
-                        pos: Position { lsn, seq: 0, idx: 0 },
+                        pos: Position {
+                            lsn,
+                            seq: 0,
+                            idx: 0,
+                        },
                         xid: 1,
                         commit_time: 0,
                         body: &body[..],

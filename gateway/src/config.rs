@@ -72,7 +72,7 @@ pub struct Config {
     pub db_url: String,
     pub db_schema: String,
     pub db_pool_size: usize,
-    pub redis_url: String,
+    pub redis: common::redis::RedisSettings,
     pub redis_prefix: String,
     /// Virtual shards queries are spread over (must match the workers').
     pub shards: u32,
@@ -142,21 +142,10 @@ impl Config {
         let db_schema = r.string("DB_SEARCH_PATH", "public");
         let db_pool_size = r.number::<usize>("REALTIME_DB_POOL_SIZE", 16, 1);
 
-        let redis_url = match r.opt("REDIS") {
-            Some(u) => {
-                if redis::Client::open(u.as_str()).is_err() {
-                    r.err("REDIS", "is not a valid Redis URL (redis://host:port/db)");
-                }
-                u
-            }
-            None => {
-                r.err(
-                    "REDIS",
-                    "is required: gateways receive changes from the workers through Redis",
-                );
-                String::new()
-            }
-        };
+        let redis = common::redis::RedisSettings::from_env(
+            &mut r,
+            "gateways receive changes from the workers through Redis",
+        );
         let redis_prefix = r.string("REALTIME_REDIS_PREFIX", "rt");
         let shards = r.number::<u32>("REALTIME_SHARDS", common::shard::DEFAULT_SHARDS, 1);
         let replay_lookback = r.number::<u64>("REALTIME_REPLAY_LOOKBACK_BYTES", 16 << 20, 0);
@@ -270,7 +259,7 @@ impl Config {
             db_url,
             db_schema,
             db_pool_size,
-            redis_url,
+            redis,
             redis_prefix,
             shards,
             replay_lookback,

@@ -507,8 +507,9 @@ impl Conn {
                         .attach(id, def.clone(), 0, key, self.outbox.clone(), suffix)
                     {
                         let registrar = self.state.registrar.clone();
+                        let hub = self.state.hub.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = registrar.register_live(id, &def).await {
+                            if let Err(e) = registrar.register_live(&hub, id, &def).await {
                                 tracing::warn!(error = %e, "re-registering after an identity change failed");
                             }
                         });

@@ -9,10 +9,17 @@
 //! after the `init` frame is written, buffered and later events are filtered with the snapshot's
 //! visibility until their commit LSN passes the LSN read after the snapshot, so nothing between snapshot
 //! and stream is missed or doubled.
+//!
+//! Recovery: when the gateway may have missed messages (its Redis subscription dropped, or fell behind),
+//! [`Hub::begin_recovery`] puts every query in *recovering* and the registrar re-registers each with "replay
+//! from the last position I delivered". Until the worker's replay-done entry for that request arrives,
+//! everything for the query is held back (messages published before the worker saw the request may
+//! overtake the replay); then the held entries are delivered in position order, without duplicates.
+//! Delivering them as they came would let a later event raise the dedupe floor over the replayed ones.
 
 use crate::outbox::Outbox;
 use bytes::Bytes;
-use common::delivery::{PgSnapshot, Position, decode_batch};
+use common::delivery::{EntryKind, PgSnapshot, Position, decode_batch};
 use common::normalize::QueryId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -20,6 +27,9 @@ use std::sync::Arc;
 
 /// Lock stripes: deliveries for different queries proceed in parallel with subscribes.
 const STRIPES: usize = 16;
+/// Bytes one query may hold back while recovering. Past it the query's subscribers are closed as slow
+/// consumers (they reconnect and start over with a fresh `init`) rather than risk a gap.
+pub const RECOVERY_BUFFER_BYTES: usize = 32 << 20;
 
 /// Identifies one subscription of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,6 +66,31 @@ struct LocalQuery {
     /// Where this gateway's registration asked the stream to be replayed from.
     from: u64,
     subs: Vec<LocalSub>,
+    recovery: Option<Recovery>,
+}
+
+/// A query waiting for the end of the replay it asked for after a possible loss.
+struct Recovery {
+    /// The replay request (`<LSN>@<token>`) whose replay-done entry ends the recovery.
+    request: String,
+    held: Vec<Held>,
+    bytes: usize,
+}
+
+struct Held {
+    pos: Position,
+    xid: u32,
+    commit_time: i64,
+    body: Bytes,
+}
+
+/// A query to re-register after a possible loss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reregistration {
+    pub id: QueryId,
+    pub def_json: Arc<str>,
+    /// Commit LSN to replay from: the last delivered, or the original request's if none was.
+    pub from: u64,
 }
 
 /// What delivering one batch did (for metrics and tests).
@@ -103,6 +138,7 @@ impl Hub {
                 last: Position::ZERO,
                 from,
                 subs: Vec::new(),
+                recovery: None,
             }
         });
         lq.subs.push(LocalSub {
@@ -187,59 +223,93 @@ impl Hub {
             let Some(lq) = map.get_mut(&e.query) else {
                 continue;
             };
+            let body = msg.slice(e.body);
+            if e.kind == EntryKind::ReplayDone {
+                let answered = lq
+                    .recovery
+                    .as_ref()
+                    .is_some_and(|r| r.request.as_bytes() == &body[..]);
+                if answered {
+                    let mut held = lq.recovery.take().expect("checked").held;
+                    held.sort_by_key(|h| h.pos);
+                    for h in held {
+                        lq.deliver(h.pos, h.xid, h.commit_time, h.body, now_us, &mut stats);
+                    }
+                }
+                continue;
+            }
             if e.pos <= lq.last {
                 stats.duplicates += 1;
                 continue;
             }
-            lq.last = e.pos;
-            let body = msg.slice(e.body);
-            metrics::histogram!("realtime_change_to_send_seconds")
-                .record((now_us - e.commit_time).max(0) as f64 / 1e6);
-            for sub in &mut lq.subs {
-                let send = match &mut sub.state {
-                    SubState::Live => true,
-                    SubState::Filtering { snap, until } => {
-                        if e.pos.lsn > *until {
-                            sub.state = SubState::Live;
-                            true
-                        } else {
-                            !snap.sees(e.xid)
-                        }
+            if let Some(r) = &mut lq.recovery {
+                r.bytes += body.len();
+                if r.bytes > RECOVERY_BUFFER_BYTES {
+                    tracing::warn!(query = %e.query, "recovery buffer overflowed; closing the query's subscribers");
+                    for sub in &lq.subs {
+                        sub.outbox.force_overflow();
                     }
-                    SubState::Pending { buf, bytes } => {
-                        *bytes += body.len() + sub.suffix.len();
-                        if *bytes > sub.outbox.limit() {
-                            // The snapshot takes too long for the event rate: treat as a slow consumer.
-                            sub.outbox.force_overflow();
-                        } else {
-                            buf.push((e.pos.lsn, e.xid, body.clone()));
-                        }
-                        false
-                    }
-                };
-                if send {
-                    sub.outbox.push(body.clone(), sub.suffix.clone());
-                    stats.frames += 1;
+                    lq.recovery = None;
+                } else {
+                    r.held.push(Held {
+                        pos: e.pos,
+                        xid: e.xid,
+                        commit_time: e.commit_time,
+                        body,
+                    });
                 }
+                continue;
             }
+            lq.deliver(e.pos, e.xid, e.commit_time, body, now_us, &mut stats);
         }
         stats
     }
 
-    /// Every local query with the position to resume from (for re-registering after a Redis reconnect).
-    pub fn registrations(&self) -> Vec<(QueryId, Arc<str>, u64)> {
+    /// The gateway may have missed messages: hold back every query's deliveries until the replay of a
+    /// new registration ends. `request` makes each query's replay request. Returns what to register.
+    pub fn begin_recovery(
+        &self,
+        mut request: impl FnMut(u64) -> String,
+    ) -> Vec<(Reregistration, String)> {
         let mut out = Vec::new();
         for stripe in &self.stripes {
-            for (id, lq) in stripe.lock().iter() {
+            for (id, lq) in stripe.lock().iter_mut() {
                 let from = if lq.last == Position::ZERO {
                     lq.from
                 } else {
                     lq.last.lsn
                 };
-                out.push((*id, lq.def_json.clone(), from));
+                let req = request(from);
+                // Anything held for an earlier request is re-sent by the new replay.
+                lq.recovery = Some(Recovery {
+                    request: req.clone(),
+                    held: Vec::new(),
+                    bytes: 0,
+                });
+                out.push((
+                    Reregistration {
+                        id: *id,
+                        def_json: lq.def_json.clone(),
+                        from,
+                    },
+                    req,
+                ));
             }
         }
         out
+    }
+
+    /// Whether the query has subscribers here.
+    pub fn contains(&self, id: QueryId) -> bool {
+        self.stripe(&id).lock().contains_key(&id)
+    }
+
+    /// Queries currently holding back deliveries for a replay.
+    pub fn recovering(&self) -> usize {
+        self.stripes
+            .iter()
+            .map(|s| s.lock().values().filter(|q| q.recovery.is_some()).count())
+            .sum()
     }
 
     pub fn query_count(&self) -> usize {
@@ -254,6 +324,54 @@ impl Hub {
     }
 }
 
+impl LocalQuery {
+    /// Hand one new event (position above the floor) to every subscriber, by its state.
+    fn deliver(
+        &mut self,
+        pos: Position,
+        xid: u32,
+        commit_time: i64,
+        body: Bytes,
+        now_us: i64,
+        stats: &mut Delivered,
+    ) {
+        if pos <= self.last {
+            stats.duplicates += 1;
+            return;
+        }
+        self.last = pos;
+        metrics::histogram!("realtime_change_to_send_seconds")
+            .record((now_us - commit_time).max(0) as f64 / 1e6);
+        for sub in &mut self.subs {
+            let send = match &mut sub.state {
+                SubState::Live => true,
+                SubState::Filtering { snap, until } => {
+                    if pos.lsn > *until {
+                        sub.state = SubState::Live;
+                        true
+                    } else {
+                        !snap.sees(xid)
+                    }
+                }
+                SubState::Pending { buf, bytes } => {
+                    *bytes += body.len() + sub.suffix.len();
+                    if *bytes > sub.outbox.limit() {
+                        // The snapshot takes too long for the event rate: treat as a slow consumer.
+                        sub.outbox.force_overflow();
+                    } else {
+                        buf.push((pos.lsn, xid, body.clone()));
+                    }
+                    false
+                }
+            };
+            if send {
+                sub.outbox.push(body.clone(), sub.suffix.clone());
+                stats.frames += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +381,7 @@ mod tests {
         let e: Vec<Entry<Vec<u8>>> = entries
             .iter()
             .map(|(q, lsn, idx, xid, body)| Entry {
+                kind: EntryKind::Event,
                 query: QueryId(*q),
                 pos: Position {
                     lsn: *lsn,
@@ -384,29 +503,82 @@ mod tests {
     }
 
     #[test]
-    fn resume_positions() {
+    fn recovery_holds_back_until_the_replay_ends_then_delivers_in_order() {
         let hub = Hub::default();
         let o = Arc::new(Outbox::new(1 << 20));
-        hub.attach(
-            QueryId(1),
-            "q1".into(),
-            500,
-            SubKey { conn: 1, sub: 1 },
-            o.clone(),
-            Bytes::new(),
-        );
+        let k = SubKey { conn: 1, sub: 1 };
+        hub.attach(QueryId(1), "q1".into(), 500, k, o.clone(), Bytes::new());
+        hub.activate(QueryId(1), k, None, 0);
         hub.attach(
             QueryId(2),
             "q2".into(),
             500,
             SubKey { conn: 1, sub: 2 },
-            o,
+            o.clone(),
             Bytes::new(),
         );
-        hub.activate(QueryId(2), SubKey { conn: 1, sub: 2 }, None, 0);
-        hub.deliver(batch(&[(2, 900, 0, 1, "{}")]));
-        let mut regs = hub.registrations();
-        regs.sort_by_key(|r| r.0);
-        assert_eq!(regs.iter().map(|r| r.2).collect::<Vec<_>>(), [500, 900]);
+        hub.deliver(batch(&[(1, 100, 0, 1, "a")]));
+        assert_eq!(drained(&o), ["a"]);
+        // The subscription dropped: 101 and 102 were lost. Re-register from what was delivered.
+        let mut n = 0;
+        let mut regs = hub.begin_recovery(|lsn| {
+            n += 1;
+            format!("{lsn}@{n}")
+        });
+        regs.sort_by_key(|r| r.0.id);
+        assert_eq!(
+            regs.iter().map(|r| r.0.from).collect::<Vec<_>>(),
+            [100, 500],
+            "last delivered, or the original replay start when nothing was"
+        );
+        let token = regs[0].1.clone();
+        // A live event overtakes the replay: held, not delivered (it would raise the floor past 101).
+        hub.deliver(batch(&[(1, 103, 0, 1, "d")]));
+        assert!(o.drain().is_empty());
+        hub.deliver(batch(&[(1, 101, 0, 1, "b"), (1, 102, 0, 1, "c")]));
+        // A replay-done for some other request changes nothing.
+        let done = |req: &str| {
+            let mut m = common::delivery::start_batch();
+            common::delivery::append_replay_done(
+                &mut m,
+                QueryId(1),
+                Position::ZERO,
+                req.as_bytes(),
+            );
+            Bytes::from(m)
+        };
+        hub.deliver(done("100@999"));
+        assert!(o.drain().is_empty());
+        assert_eq!(hub.recovering(), 2);
+        // The replay re-sends 101..103, then ends: everything once, in order.
+        hub.deliver(batch(&[
+            (1, 101, 0, 1, "b"),
+            (1, 102, 0, 1, "c"),
+            (1, 103, 0, 1, "d"),
+        ]));
+        hub.deliver(done(&token));
+        assert_eq!(drained(&o), ["b", "c", "d"]);
+        assert_eq!(hub.recovering(), 1);
+        hub.deliver(batch(&[(1, 104, 0, 1, "e"), (1, 103, 0, 1, "d")]));
+        assert_eq!(drained(&o), ["e"]);
+    }
+
+    #[test]
+    fn a_recovery_that_outgrows_its_buffer_closes_the_subscribers() {
+        let hub = Hub::default();
+        let o = Arc::new(Outbox::new(1 << 20));
+        let k = SubKey { conn: 1, sub: 1 };
+        hub.attach(QueryId(1), "q".into(), 0, k, o.clone(), Bytes::new());
+        hub.activate(QueryId(1), k, None, 0);
+        hub.begin_recovery(|l| format!("{l}@1"));
+        let big = "x".repeat(1 << 20);
+        for i in 0..(RECOVERY_BUFFER_BYTES >> 20) as u64 + 1 {
+            hub.deliver(batch(&[(1, 10 + i, 0, 1, big.as_str())]));
+        }
+        assert!(
+            o.overflowed(),
+            "closed as a slow consumer instead of a silent gap"
+        );
+        assert_eq!(hub.recovering(), 0);
     }
 }

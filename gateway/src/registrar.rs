@@ -1,57 +1,64 @@
 //! The gateway's side of Redis: registering queries with the workers, the liveness heartbeat, and the
-//! pub/sub channel workers deliver on.
+//! channel workers deliver on.
 //!
-//! - A query's registration lives in its shard's keys (`common::keys`): the definition, the
-//!   (query, gateway) pair with the position to replay from, and a ctl stream entry that tells the
-//!   shard's owner at once.
-//! - The pub/sub connection is dedicated; when it drops, messages published meanwhile are lost, so after
-//!   re-subscribing the gateway re-registers every local query with "replay from the last position I
-//!   delivered" and the workers re-send what it missed (the hub drops what it already had). The same path
-//!   covers a Redis that restarted and lost all registrations.
+//! - A query's registration lives in its shard's keys (`common::keys`): the definition, and the
+//!   (query, gateway) pair with its replay request. A ctl stream entry then tells the shard's owner.
+//!   Registering and unregistering one query are serialised (a lock stripe per query) and checked
+//!   against the hub under that lock, so an unregister queued when the last subscriber left can never
+//!   undo a registration made for a subscriber who arrived since.
+//! - The delivery subscription reports each (re)subscription. Messages published while it was down are
+//!   lost, so after a re-subscription (or when the subscription fell behind) the gateway puts every
+//!   local query in recovery ([`Hub::begin_recovery`]) and re-registers it with "replay from the last
+//!   position I delivered"; the same path covers a Redis that restarted and lost all registrations.
 //! - A heartbeat key with a TTL tells workers this gateway is alive; when it expires they remove its
 //!   registrations.
 
 use crate::hub::Hub;
-use bytes::Bytes;
 use common::keys::Keys;
 use common::normalize::QueryId;
+use common::redis::{Conn, Lua, Redis, SubEvent};
 use common::shard::shard_of;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often the liveness key is refreshed, and how long it lives without refresh.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL_SECS: u64 = 10;
-/// Approximate length kept of each shard's ctl stream (owners read it continuously; a new owner loads
-/// the hashes, so old entries are not needed).
-const CTL_MAXLEN: usize = 100_000;
+/// Lock stripes serialising registration changes per query.
+const STRIPES: usize = 64;
 
 pub struct Registrar {
     pub gateway_id: String,
     keys: Keys,
     shards: u32,
-    client: redis::Client,
-    redis: ConnectionManager,
-    register: redis::Script,
-    unregister: redis::Script,
+    redis: Redis,
+    con: Conn,
+    register: Lua,
+    unregister: Lua,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Makes every replay request unique, so a replay's end is matched to the request it answers.
+    tokens: AtomicU64,
 }
 
 impl Registrar {
     /// Connect, and check the cluster agrees on the number of shards (recorded by the first process).
-    pub async fn connect(url: &str, prefix: &str, shards: u32) -> anyhow::Result<Registrar> {
-        let client = redis::Client::open(url)?;
-        let mut redis = ConnectionManager::new(client.clone()).await?;
+    pub async fn connect(
+        settings: &common::redis::RedisSettings,
+        prefix: &str,
+        shards: u32,
+    ) -> anyhow::Result<Registrar> {
+        let redis = Redis::new(settings)?;
+        let mut con = redis.connect().await?;
         let keys = Keys::new(prefix);
-        let key = format!("{prefix}:shards");
+        let key = keys.shard_count();
         let _: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(shards)
             .arg("NX")
-            .query_async(&mut redis)
+            .query_async(&mut con)
             .await?;
-        let agreed: u32 = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+        let agreed: u32 = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
         if agreed != shards {
             anyhow::bail!(
                 "REALTIME_SHARDS is {shards} here but the cluster uses {agreed} (key {key}); set the same value everywhere"
@@ -61,81 +68,169 @@ impl Registrar {
             gateway_id: uuid::Uuid::new_v4().simple().to_string(),
             keys,
             shards,
-            client,
             redis,
-            register: redis::Script::new(common::scripts::REGISTER),
-            unregister: redis::Script::new(common::scripts::UNREGISTER),
+            con,
+            register: Lua::new(common::scripts::REGISTER),
+            unregister: Lua::new(common::scripts::UNREGISTER),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            tokens: AtomicU64::new(1),
         })
     }
 
-    fn shard_keys(&self, id: QueryId) -> [String; 4] {
+    fn shard_keys(&self, id: QueryId) -> [String; 3] {
         let n = shard_of(id, self.shards);
         [
             self.keys.shard_defs(n),
             self.keys.shard_reg(n),
             self.keys.shard_refs(n),
-            self.keys.shard_ctl(n),
         ]
     }
 
-    /// Register (or re-register) this gateway for a query; workers replay from `from` (a commit LSN).
-    pub async fn register(&self, id: QueryId, def_json: &str, from: u64) -> redis::RedisResult<()> {
-        self.register_from(id, def_json, &from.to_string()).await
+    fn stripe(&self, id: QueryId) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(id.0 % STRIPES as u128) as usize]
+    }
+
+    /// A new replay request for commit LSN `from`.
+    pub fn replay_request(&self, from: u64) -> String {
+        common::scripts::replay_request(from, self.tokens.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Register this gateway for a query with a replay from commit LSN `from`, if it still has
+    /// subscribers here.
+    pub async fn register(
+        &self,
+        hub: &Hub,
+        id: QueryId,
+        def_json: &str,
+        from: u64,
+    ) -> redis::RedisResult<()> {
+        let request = self.replay_request(from);
+        self.register_request(hub, id, def_json, &request).await
     }
 
     /// Register without a replay: events from whenever the owning worker applies it.
-    pub async fn register_live(&self, id: QueryId, def_json: &str) -> redis::RedisResult<()> {
-        self.register_from(id, def_json, "-").await
-    }
-
-    async fn register_from(
+    pub async fn register_live(
         &self,
+        hub: &Hub,
         id: QueryId,
         def_json: &str,
-        from: &str,
     ) -> redis::RedisResult<()> {
-        let mut con = self.redis.clone();
-        let mut inv = self.register.prepare_invoke();
+        self.register_request(hub, id, def_json, "-").await
+    }
+
+    async fn register_request(
+        &self,
+        hub: &Hub,
+        id: QueryId,
+        def_json: &str,
+        request: &str,
+    ) -> redis::RedisResult<()> {
+        let _serial = self.stripe(id).lock().await;
+        if !hub.contains(id) {
+            return Ok(()); // every subscriber left meanwhile
+        }
+        let mut con = self.con.clone();
+        let mut inv = self.register.prepare();
         for k in self.shard_keys(id) {
             inv.key(k);
         }
         inv.arg(id.to_string())
             .arg(&self.gateway_id)
             .arg(def_json)
-            .arg(from)
-            .arg(CTL_MAXLEN);
+            .arg(request);
         let _: i64 = inv.invoke_async(&mut con).await?;
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.ctl())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(CTL_MAXLEN)
+            .arg("*")
+            .arg("op")
+            .arg("reg")
+            .arg("q")
+            .arg(id.to_string())
+            .arg("g")
+            .arg(&self.gateway_id)
+            .arg("f")
+            .arg(request)
+            .arg("d")
+            .arg(def_json)
+            .query_async(&mut con)
+            .await?;
         Ok(())
     }
 
-    pub async fn unregister(&self, id: QueryId) -> redis::RedisResult<()> {
-        let mut con = self.redis.clone();
-        let mut inv = self.unregister.prepare_invoke();
+    /// Unregister a query, unless a subscriber arrived here since its last one left.
+    pub async fn unregister(&self, hub: &Hub, id: QueryId) -> redis::RedisResult<()> {
+        let _serial = self.stripe(id).lock().await;
+        if hub.contains(id) {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        let mut inv = self.unregister.prepare();
         for k in self.shard_keys(id) {
             inv.key(k);
         }
-        inv.arg(id.to_string())
-            .arg(&self.gateway_id)
-            .arg(CTL_MAXLEN);
+        inv.arg(id.to_string()).arg(&self.gateway_id);
         let _: i64 = inv.invoke_async(&mut con).await?;
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.ctl())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(CTL_MAXLEN)
+            .arg("*")
+            .arg("op")
+            .arg("unreg")
+            .arg("q")
+            .arg(id.to_string())
+            .arg("g")
+            .arg(&self.gateway_id)
+            .query_async(&mut con)
+            .await?;
         Ok(())
     }
 
     async fn heartbeat(&self) -> redis::RedisResult<()> {
-        let mut con = self.redis.clone();
-        redis::pipe()
-            .cmd("SET")
+        let mut alive = redis::cmd("SET");
+        alive
             .arg(self.keys.gateway_alive(&self.gateway_id))
             .arg(1)
             .arg("EX")
-            .arg(HEARTBEAT_TTL_SECS)
-            .ignore()
-            .cmd("SADD")
-            .arg(self.keys.gateways())
-            .arg(&self.gateway_id)
-            .ignore()
-            .query_async(&mut con)
-            .await
+            .arg(HEARTBEAT_TTL_SECS);
+        let mut member = redis::cmd("SADD");
+        member.arg(self.keys.gateways()).arg(&self.gateway_id);
+        self.con.query_all(&[alive, member]).await.map(|_| ())
+    }
+
+    /// After a possible loss: hold back every local query and re-register it with a replay from what
+    /// was delivered, retrying until every registration went through (deliveries keep flowing).
+    fn recover(
+        self: &Arc<Self>,
+        hub: &Arc<Hub>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let regs = hub.begin_recovery(|from| self.replay_request(from));
+        tracing::info!(
+            queries = regs.len(),
+            "re-registering queries to replay what may have been missed"
+        );
+        metrics::counter!("realtime_gateway_resyncs_total").increment(1);
+        let me = self.clone();
+        let hub = hub.clone();
+        let mut stop = stop;
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(50);
+            for (r, request) in regs {
+                while let Err(e) = me.register_request(&hub, r.id, &r.def_json, &request).await {
+                    tracing::debug!(error = %e, "re-registration failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        })
     }
 
     /// Run the heartbeat and the delivery subscription until `shutdown` flips. `ready` fires once the
@@ -161,87 +256,55 @@ impl Registrar {
                 }
             })
         };
-        let channel = self.keys.gateway_channel(&self.gateway_id);
+        let mut sub = self
+            .redis
+            .subscribe(self.keys.gateway_channel(&self.gateway_id));
         let mut ready = Some(ready);
-        let mut resync: Option<tokio::task::JoinHandle<()>> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut recovery: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let mut pubsub = match self.client.get_async_pubsub().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "delivery subscription: cannot connect to Redis");
-                    tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.changed() => break }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
+            let event = tokio::select! {
+                e = sub.recv() => e,
+                _ = shutdown.changed() => break,
             };
-            if let Err(e) = pubsub.subscribe(&channel).await {
-                tracing::warn!(error = %e, "delivery subscription failed");
-                tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.changed() => break }
-                continue;
-            }
-            backoff = Duration::from_millis(100);
-            match ready.take() {
-                Some(r) => {
-                    let _ = r.send(());
+            match event {
+                Some(SubEvent::Message(m)) => {
+                    let d = hub.deliver(m);
+                    metrics::counter!("realtime_deliveries_total").increment(d.frames as u64);
+                    metrics::counter!("realtime_duplicate_events_total")
+                        .increment(d.duplicates as u64);
                 }
-                None => {
-                    // Reconnected: whatever was published meanwhile is gone; ask for it again. Our command
-                    // connection may still be reconnecting, so retry until every query is re-registered,
-                    // while deliveries keep flowing.
-                    let regs = hub.registrations();
-                    tracing::info!(
-                        queries = regs.len(),
-                        "delivery subscription restored; re-registering queries"
-                    );
-                    metrics::counter!("realtime_gateway_resyncs_total").increment(1);
-                    if let Some(prev) = resync.take() {
+                Some(SubEvent::Subscribed) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                        continue;
+                    }
+                    if let Some(prev) = recovery.take() {
                         prev.abort();
                     }
-                    let me = self.clone();
-                    let mut stop = shutdown.clone();
-                    resync = Some(tokio::spawn(async move {
-                        let mut wait = Duration::from_millis(50);
-                        for (id, def, from) in regs {
-                            while let Err(e) = me.register(id, &def, from).await {
-                                tracing::debug!(error = %e, "re-registration failed; retrying");
-                                tokio::select! {
-                                    _ = tokio::time::sleep(wait) => {}
-                                    _ = stop.changed() => return,
-                                }
-                                wait = (wait * 2).min(Duration::from_secs(1));
-                            }
-                        }
-                    }));
+                    recovery = Some(self.recover(&hub, shutdown.clone()));
                 }
-            }
-            let mut messages = pubsub.on_message();
-            loop {
-                tokio::select! {
-                    msg = messages.next() => match msg {
-                        Some(m) => {
-                            let d = hub.deliver(Bytes::copy_from_slice(m.get_payload_bytes()));
-                            metrics::counter!("realtime_deliveries_total").increment(d.frames as u64);
-                            metrics::counter!("realtime_duplicate_events_total").increment(d.duplicates as u64);
-                        }
-                        None => break,
-                    },
-                    _ = shutdown.changed() => break,
+                Some(SubEvent::Lost) => {
+                    tracing::warn!("the delivery subscription fell behind and dropped messages");
+                    if let Some(prev) = recovery.take() {
+                        prev.abort();
+                    }
+                    recovery = Some(self.recover(&hub, shutdown.clone()));
                 }
-            }
-            if !*shutdown.borrow() {
-                tracing::warn!("delivery subscription lost; reconnecting");
+                None => break,
             }
         }
         hb.abort();
+        if let Some(r) = recovery {
+            r.abort();
+        }
         // Leave promptly: workers drop our registrations when the liveness key is gone.
-        let mut con = self.redis.clone();
+        let mut con = self.con.clone();
         let _: redis::RedisResult<()> = redis::cmd("DEL")
             .arg(self.keys.gateway_alive(&self.gateway_id))
             .query_async(&mut con)
             .await;
     }
 }
+
+/// Approximate length kept of the ctl stream (see `fanout_worker::fanout::CTL_MAXLEN`).
+const CTL_MAXLEN: usize = 100_000;

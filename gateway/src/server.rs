@@ -56,7 +56,7 @@ impl Gateway {
             .with_context(|| format!("bind {}:{}", config.host, config.port))?;
         let registrar = Arc::new(
             crate::registrar::Registrar::connect(
-                &config.redis_url,
+                &config.redis,
                 &config.redis_prefix,
                 config.shards,
             )

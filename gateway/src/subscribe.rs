@@ -230,7 +230,7 @@ pub async fn subscribe(
         key,
         ctx.outbox.clone(),
         suffix.clone(),
-    ) && let Err(e) = state.registrar.register(id, &def, from).await
+    ) && let Err(e) = state.registrar.register(&state.hub, id, &def, from).await
     {
         tracing::warn!(error = %e, "registering a query failed");
         detach(state, id, key);
@@ -295,8 +295,9 @@ pub async fn subscribe(
 pub fn detach(state: &AppState, id: QueryId, key: SubKey) {
     if state.hub.detach(id, key) {
         let registrar = state.registrar.clone();
+        let hub = state.hub.clone();
         tokio::spawn(async move {
-            if let Err(e) = registrar.unregister(id).await {
+            if let Err(e) = registrar.unregister(&hub, id).await {
                 tracing::debug!(error = %e, "unregister failed; the worker drops it when this gateway's registrations expire");
             }
         });
