@@ -379,17 +379,19 @@ async fn postgres_restart_mid_stream() {
 #[tokio::test]
 async fn redis_restart_mid_stream() {
     let mut env = Env::start(SCHEMA).await;
-    // A consumer registered before any change, which then publishes up to the 100th transaction.
+    // One shard consumer registered before any change, which then publishes up to the 100th
+    // transaction. Matching is off so this test plays the shard's owner itself.
     let mut con = env.redis().await;
-    let consumers = Keys::default().consumers();
-    let _: () = redis::cmd("HSET")
-        .arg(&consumers)
-        .arg("shard-0")
-        .arg("0-0")
+    let keys = Keys::default();
+    let set = |k: String, v: String| redis::cmd("SET").arg(k).arg(v).to_owned();
+    let _: () = redis::pipe()
+        .add_command(set(keys.shard_count(), "1".into()))
+        .add_command(set(keys.shard_checkpoint(0), "0-0".into()))
         .query_async(&mut con)
         .await
         .unwrap();
-    env.spawn_worker(&[]).await;
+    env.spawn_worker(&[("REALTIME_MATCHING_ENABLED", "false")])
+        .await;
     writer(env.sql().await, 0, 300).await;
     let before = env
         .wait_stream(WAIT, |s| inserted(s, "seq", "n").len() >= 300)
@@ -399,18 +401,35 @@ async fn redis_restart_mid_stream() {
         .find(|(_, c)| inserted(&[(c.stream_id(), c.clone())], "seq", "n") == ["100"])
         .unwrap()
         .0;
-    let _: () = redis::cmd("HSET")
-        .arg(&consumers)
-        .arg("shard-0")
-        .arg(checkpoint.to_string())
+    let _: () = set(keys.shard_checkpoint(0), checkpoint.to_string())
         .query_async(&mut con)
         .await
         .unwrap();
     writer(env.sql().await, 300, 600).await;
     env.wait_stream(WAIT, |s| inserted(s, "seq", "n").len() >= 600)
         .await;
-    // Let a confirmation cycle pass with the consumer registered.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait until capture has confirmed the slot up to the checkpoint (it was held at 0-0 before), so
+    // it has read the checkpoint; it must not confirm past it.
+    let sql = env.sql().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let confirmed: i64 = sql
+            .query_one(
+                "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = 'realtime'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed as u64 >= checkpoint.lsn {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot never confirmed up to the checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     env.redis.restart().await.unwrap();
     writer(env.sql().await, 600, 900).await;
