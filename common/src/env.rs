@@ -113,6 +113,21 @@ impl<'a> EnvReader<'a> {
         }
     }
 
+    /// Like [`EnvReader::ms_duration`], but `0` is allowed (to turn a wait off).
+    pub fn ms_duration_or_zero(&mut self, name: &str, default: &str) -> Duration {
+        let text = self.string(name, default);
+        match parse_ms(&text) {
+            Some(d) => d,
+            None => {
+                self.err(
+                    name,
+                    format!("expected a duration like 10s, 500ms or 0, got {text:?}"),
+                );
+                parse_ms(default).expect("valid default")
+            }
+        }
+    }
+
     /// A whole number of seconds (the `WEBSOCKETS_*` timeouts and period).
     pub fn seconds(&mut self, name: &str, default: u64) -> Duration {
         match self.raw(name) {

@@ -1,8 +1,9 @@
 //! Code shared by the gateway and the fanout-worker.
 //!
-//! Everything except [`redis`] is pure: no sockets, no clock of its own; every function takes values and
-//! returns values, so all of it is unit- and property-tested without services. [`redis`] is the one
-//! I/O module: connections to a single Redis, a Sentinel-managed primary or a Redis Cluster.
+//! Everything except [`redis`] and [`telemetry`] is pure: no sockets, no clock of its own; every function takes values and
+//! returns values, so all of it is unit- and property-tested without services. The two I/O modules:
+//! [`redis`] (connections to a single Redis, a Sentinel-managed primary or a Redis Cluster) and
+//! [`telemetry`] (logs, trace export, the Prometheus recorder).
 //!
 //! - [`protocol`]: the Directus realtime wire protocol (parsing client messages, building server frames,
 //!   error codes, close codes).
@@ -34,5 +35,6 @@ pub mod schema;
 pub mod scripts;
 pub mod shard;
 pub mod sql;
+pub mod telemetry;
 pub mod value;
 pub mod ws;

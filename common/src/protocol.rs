@@ -25,6 +25,19 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidPayload,
+        ErrorCode::InvalidCollection,
+        ErrorCode::AuthFailed,
+        ErrorCode::TokenExpired,
+        ErrorCode::AuthTimeout,
+        ErrorCode::RequestsExceeded,
+        ErrorCode::Forbidden,
+        ErrorCode::InvalidQuery,
+        ErrorCode::ServiceUnavailable,
+        ErrorCode::LimitExceeded,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             ErrorCode::InvalidPayload => "INVALID_PAYLOAD",
@@ -426,6 +439,21 @@ fn short_json(v: &Json) -> String {
 // ---------------------------------------------------------------------------------------------------------
 // Outbound frames (key order as Directus's fmtMessage / WebSocketError#toJSON)
 
+/// The code of a frame built by [`error_frame`], `None` for any other frame (for counting errors sent
+/// without threading the code through every path that sends one).
+pub fn error_code_of(frame: &[u8]) -> Option<ErrorCode> {
+    const HEAD: &[u8] = b"{\"type\":\"";
+    const MID: &[u8] = b",\"status\":\"error\",\"error\":{\"code\":\"";
+    let rest = frame.strip_prefix(HEAD)?;
+    // Contexts are plain words (`server`, `auth`, `subscribe`, ...): the first quote ends the type.
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let rest = rest[end + 1..].strip_prefix(MID)?;
+    ErrorCode::ALL.into_iter().find(|c| {
+        rest.strip_prefix(c.code().as_bytes())
+            .is_some_and(|r| r.first() == Some(&b'"'))
+    })
+}
+
 /// `{"type":<ctx>,"status":"error","error":{"code":..,"message":..}[,"uid":<raw>]}`
 pub fn error_frame(context: &str, code: ErrorCode, message: &str, uid: Option<&Uid>) -> Vec<u8> {
     let mut out = Vec::with_capacity(96 + message.len());
@@ -631,6 +659,23 @@ mod tests {
                 .contains("Expected object, received string at \"query\"")
         );
         assert!(p(r#"{"type":"subscribe","collection":"a","item":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn error_codes_are_read_back_from_error_frames_only() {
+        for code in ErrorCode::ALL {
+            let frame = error_frame("subscribe", code, "m", Some(&Uid::Str("a".into())));
+            assert_eq!(error_code_of(&frame), Some(code));
+        }
+        assert_eq!(error_code_of(PING_FRAME), None);
+        assert_eq!(error_code_of(br#"{"type":"auth","status":"ok"}"#), None);
+        // An event whose data happens to contain the error text is not an error.
+        assert_eq!(
+            error_code_of(
+                br#"{"type":"subscription","event":"init","data":[{"t":",\"status\":\"error\",\"error\":{\"code\":\"FORBIDDEN\""}]}"#
+            ),
+            None
+        );
     }
 
     #[test]

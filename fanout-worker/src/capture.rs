@@ -72,6 +72,8 @@ return {appended, skipped}
 #[derive(Default)]
 pub struct CaptureStats {
     pub capturing: AtomicBool,
+    /// The last session reached PostgreSQL and Redis (capturing, or standing by behind another worker).
+    pub healthy: AtomicBool,
     pub transactions: AtomicU64,
     pub changes: AtomicU64,
     pub bytes: AtomicU64,
@@ -141,6 +143,7 @@ pub async fn run(
         let wait = match outcome {
             Ok(Exit::Stopped) => return,
             Ok(Exit::Standby) => {
+                stats.healthy.store(true, Ordering::Relaxed);
                 if !standby_logged {
                     tracing::info!(slot = %cfg.capture.slot, "another worker is capturing; standing by");
                     standby_logged = true;
@@ -154,6 +157,7 @@ pub async fn run(
                 Duration::ZERO
             }
             Err(e) => {
+                stats.healthy.store(false, Ordering::Relaxed);
                 standby_logged = false;
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "capture session failed");
                 metrics::counter!("realtime_capture_errors_total").increment(1);
@@ -405,6 +409,8 @@ pub fn confirmable(appended: u64, last_id: Option<StreamId>, consumers: &[Stream
 
 struct Batch {
     chunks: Vec<TxChunk>,
+    /// Spans of traced transactions in the batch: open from decoding until the append succeeded.
+    traced: Vec<tracing::Span>,
     bytes: usize,
     /// End LSN of the last complete transaction in the batch.
     complete_end: Option<u64>,
@@ -430,6 +436,7 @@ async fn session(
         return Err(anyhow::anyhow!("start replication: {text}"));
     }
     stats.capturing.store(true, Ordering::Relaxed);
+    stats.healthy.store(true, Ordering::Relaxed);
     metrics::gauge!("realtime_capture_active").set(1.0);
     let _: Result<(), _> = redis::cmd("SET")
         .arg(keys.capture_owner())
@@ -460,6 +467,7 @@ async fn session(
     loop {
         let mut batch = Batch {
             chunks: Vec::new(),
+            traced: Vec::new(),
             bytes: 0,
             complete_end: None,
         };
@@ -656,6 +664,18 @@ async fn handle_event(
                 batch.complete_end = Some(chunk.end_lsn);
             }
             batch.bytes += chunk.changes.iter().map(|c| c.weight()).sum::<usize>();
+            if common::telemetry::change_traced(chunk.lsn) {
+                let span = tracing::info_span!(
+                    target: common::telemetry::OTEL_TARGET,
+                    "change.capture",
+                    lsn = chunk.lsn,
+                    xid = chunk.xid,
+                    chunk = chunk.seq,
+                    changes = chunk.changes.len(),
+                );
+                common::telemetry::join_change_trace(&span, chunk.lsn);
+                batch.traced.push(span);
+            }
             batch.chunks.push(chunk);
         }
     }

@@ -5,12 +5,6 @@ use common::env::{ConfigError, EnvReader};
 use std::collections::HashMap;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     /// Run the capture role (one worker holds the slot, the others stand by).
@@ -52,8 +46,9 @@ pub struct WorkerConfig {
     pub shard_lease: Duration,
     /// Change stream entries read per round.
     pub match_batch: usize,
-    pub log_format: LogFormat,
-    pub log_level: String,
+    pub telemetry: common::telemetry::TelemetrySettings,
+    /// Hard stop after SIGTERM (leases and the slot are released first).
+    pub shutdown_timeout: Duration,
 }
 
 fn identifier(r: &mut EnvReader, name: &str, default: &str) -> String {
@@ -125,29 +120,9 @@ impl WorkerConfig {
         let shards = r.number::<u32>("REALTIME_SHARDS", common::shard::DEFAULT_SHARDS, 1);
         let shard_lease = r.ms_duration("REALTIME_SHARD_LEASE", "5s");
         let match_batch = r.number::<usize>("REALTIME_MATCH_BATCH", 256, 1);
-        let log_format = match r
-            .string("LOG_STYLE", "pretty")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "raw" | "json" => LogFormat::Json,
-            "pretty" | "text" => LogFormat::Text,
-            other => {
-                let other = other.to_owned();
-                r.err(
-                    "LOG_STYLE",
-                    format!("expected pretty or raw, got {other:?}"),
-                );
-                LogFormat::Text
-            }
-        };
-        let log_level = r.string("LOG_LEVEL", "info");
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            r.err(
-                "LOG_LEVEL",
-                "is not a valid level (trace, debug, info, warn, error) or filter",
-            );
-        }
+        let telemetry =
+            common::telemetry::TelemetrySettings::from_env(&mut r, "realtime-fanout-worker");
+        let shutdown_timeout = r.ms_duration("REALTIME_SHUTDOWN_TIMEOUT", "30s");
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -164,8 +139,8 @@ impl WorkerConfig {
             shards,
             shard_lease,
             match_batch,
-            log_format,
-            log_level,
+            telemetry,
+            shutdown_timeout,
         })
     }
 }

@@ -30,7 +30,7 @@ use common::shard::shard_of;
 use redis::streams::StreamReadReply;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -47,6 +47,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct FanoutStats {
+    /// A matching session is running: Redis answered and the stream position is known (readiness).
+    pub running: AtomicBool,
     pub shards: AtomicUsize,
     pub queries: AtomicUsize,
     pub entries: AtomicU64,
@@ -94,6 +96,7 @@ pub async fn run(cfg: Arc<WorkerConfig>, stats: Arc<FanoutStats>, mut stop: watc
                 metrics::counter!("realtime_fanout_errors_total").increment(1);
             }
         }
+        stats.running.store(false, Ordering::Relaxed);
         stats.shards.store(0, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -120,7 +123,7 @@ struct Loop<'a> {
     loaded_at: BTreeMap<u32, StreamId>,
     replays: VecDeque<Replay>,
     last_checkpoint: Instant,
-    out: HashMap<Arc<str>, Vec<u8>>,
+    out: Outgoing,
     frames: Vec<Frame>,
     epoch: String,
     scripts: Scripts,
@@ -189,7 +192,7 @@ async fn session(
         loaded_at: BTreeMap::new(),
         replays: VecDeque::new(),
         last_checkpoint: Instant::now(),
-        out: HashMap::new(),
+        out: Outgoing::default(),
         frames: Vec::new(),
         epoch,
         scripts: Scripts {
@@ -200,6 +203,7 @@ async fn session(
         },
     };
     tracing::info!(cursor = %l.cursor, "matching started");
+    stats.running.store(true, Ordering::Relaxed);
     let mut next_tick = Instant::now();
     let mut next_cleanup = Instant::now() + Duration::from_secs(5);
     loop {
@@ -303,6 +307,7 @@ impl Loop<'_> {
         }
         let changes = self.members.tick(&mut self.cmd).await?;
         for n in changes.lost {
+            metrics::counter!("realtime_shard_moves_total", "kind" => "lost").increment(1);
             tracing::warn!(
                 shard = n,
                 "lost a shard lease (stalled past it?); dropping the shard"
@@ -313,14 +318,20 @@ impl Loop<'_> {
             self.flush().await?;
             self.checkpoint(&changes.to_release).await?;
             for n in changes.to_release {
+                metrics::counter!("realtime_shard_moves_total", "kind" => "released").increment(1);
                 self.members.release(&mut self.cmd, n).await?;
                 self.drop_shard(n);
                 tracing::debug!(shard = n, "handed a shard over");
             }
         }
         for n in changes.acquired {
+            metrics::counter!("realtime_shard_moves_total", "kind" => "acquired").increment(1);
             self.load_shard(n).await?;
         }
+        // How far matching is behind the stream's end, in WAL bytes.
+        let end = last_id(&mut self.cmd, &self.keys.changes()).await?;
+        metrics::gauge!("realtime_stream_backlog_bytes")
+            .set(end.lsn.saturating_sub(self.cursor.lsn) as f64);
         self.stats
             .shards
             .store(self.members.owned.len(), Ordering::Relaxed);
@@ -495,7 +506,7 @@ impl Loop<'_> {
                         }
                     }
                     self.frames = frames;
-                    if self.out.values().any(|m| m.len() > MAX_MESSAGE) {
+                    if self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE) {
                         self.flush().await?;
                     }
                 }
@@ -509,6 +520,7 @@ impl Loop<'_> {
             {
                 let msg = self
                     .out
+                    .msgs
                     .entry(gateway.clone())
                     .or_insert_with(common::delivery::start_batch);
                 let upto = Position {
@@ -589,6 +601,18 @@ impl Loop<'_> {
             };
             let mut frames = std::mem::take(&mut self.frames);
             frames.clear();
+            let _span = common::telemetry::change_traced(chunk.lsn).then(|| {
+                let span = tracing::info_span!(
+                    target: common::telemetry::OTEL_TARGET,
+                    "change.match",
+                    lsn = chunk.lsn,
+                    chunk = chunk.seq,
+                    changes = chunk.changes.len(),
+                    worker = %self.cfg.worker_id,
+                );
+                common::telemetry::join_change_trace(&span, chunk.lsn);
+                span
+            });
             match_chunk(
                 &mut self.index,
                 &self.cfg.db_schema,
@@ -608,12 +632,12 @@ impl Loop<'_> {
             self.frames = frames;
             self.cursor = id;
             processed += chunk.changes.len() as u64;
-            if self.out.values().any(|m| m.len() > MAX_MESSAGE) {
+            if self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE) {
                 self.flush().await?;
             }
         }
         if processed > 0 {
-            metrics::histogram!("realtime_matching_seconds_per_change")
+            metrics::histogram!("realtime_matching_duration_seconds")
                 .record(started.elapsed().as_secs_f64() / processed as f64);
         }
         self.stats
@@ -671,12 +695,14 @@ impl Loop<'_> {
 
     /// Publish every pending gateway message.
     async fn flush(&mut self) -> anyhow::Result<()> {
-        if self.out.is_empty() {
+        if self.out.msgs.is_empty() {
             return Ok(());
         }
+        let frames = std::mem::take(&mut self.out.frames);
         let publish = self.redis.publish_command();
         let cmds: Vec<redis::Cmd> = self
             .out
+            .msgs
             .drain()
             .map(|(gw, msg)| {
                 let mut c = redis::cmd(publish);
@@ -692,6 +718,7 @@ impl Loop<'_> {
         metrics::histogram!("realtime_redis_publish_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("realtime_published_messages_total").increment(cmds.len() as u64);
+        metrics::counter!("realtime_published_frames_total").increment(frames);
         self.stats
             .messages
             .fetch_add(cmds.len() as u64, Ordering::Relaxed);
@@ -794,8 +821,18 @@ impl Loop<'_> {
     }
 }
 
-fn append(out: &mut HashMap<Arc<str>, Vec<u8>>, gw: &Arc<str>, f: &Frame, chunk: &TxChunk) {
+/// Messages waiting to be published, one per gateway.
+#[derive(Default)]
+struct Outgoing {
+    msgs: HashMap<Arc<str>, Vec<u8>>,
+    /// Event entries in `msgs` (for the published-frames counter).
+    frames: u64,
+}
+
+fn append(out: &mut Outgoing, gw: &Arc<str>, f: &Frame, chunk: &TxChunk) {
+    out.frames += 1;
     let msg = out
+        .msgs
         .entry(gw.clone())
         .or_insert_with(common::delivery::start_batch);
     append_entry(msg, f.query, f.pos, chunk.xid, chunk.commit_time, &f.body);

@@ -1,24 +1,5 @@
-use fanout_worker::config::{LogFormat, WorkerConfig};
+use fanout_worker::config::WorkerConfig;
 use std::process::ExitCode;
-
-fn init_logging(cfg: &WorkerConfig) {
-    // The replication client logs its own termination at error level; the
-    // capture loop already reports (and retries) that failure with context,
-    // so the duplicate line is silenced unless the operator asks for it.
-    let mut directives = cfg.log_level.clone();
-    if !directives.contains("pgwire_replication") {
-        directives.push_str(",pgwire_replication=off");
-    }
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -30,8 +11,7 @@ async fn stop_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match WorkerConfig::from_env() {
         Ok(c) => c,
         Err(errors) => {
@@ -42,21 +22,50 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
-    let worker = match fanout_worker::server::Worker::build(config).await {
-        Ok(w) => w,
+    // The replication client logs its own termination at error level; the capture loop already
+    // reports (and retries) that failure with context, so the duplicate line is silenced unless the
+    // operator asks for it. Set up before the runtime: the trace exporter's blocking HTTP client must
+    // not be built inside one.
+    let _telemetry = match common::telemetry::init(&config.telemetry, &["pgwire_replication=off"]) {
+        Ok(t) => t,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "fanout-worker failed to start");
+            eprintln!("fanout-worker: cannot set up logging and tracing: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let addr = worker.local_addr().expect("bound listener");
-    println!(
-        "{}",
-        serde_json::json!({"event": "listening", "addr": addr.to_string()})
-    );
-    tracing::info!(%addr, worker = %worker.config.worker_id, "fanout-worker started");
-    worker.run(stop_signal()).await;
-    tracing::info!("fanout-worker stopped");
-    ExitCode::SUCCESS
+    let metrics = if config.telemetry.metrics_enabled {
+        match common::telemetry::Metrics::install("fanout-worker") {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("fanout-worker: cannot install the metrics recorder: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        let worker = match fanout_worker::server::Worker::build(config, metrics).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "fanout-worker failed to start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = worker.local_addr().expect("bound listener");
+        println!(
+            "{}",
+            serde_json::json!({"event": "listening", "addr": addr.to_string()})
+        );
+        tracing::info!(%addr, worker = %worker.config.worker_id, "fanout-worker started");
+        worker.run(stop_signal()).await;
+        tracing::info!("fanout-worker stopped");
+        ExitCode::SUCCESS
+    });
+    runtime.shutdown_background();
+    code
 }

@@ -11,28 +11,36 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
 pub struct Worker {
     pub config: Arc<WorkerConfig>,
     pub capture: Arc<CaptureStats>,
     pub fanout: Arc<FanoutStats>,
+    metrics: Option<common::telemetry::Metrics>,
     listener: TcpListener,
 }
 
 struct Stats {
+    config: Arc<WorkerConfig>,
     capture: Arc<CaptureStats>,
     fanout: Arc<FanoutStats>,
+    metrics: Option<common::telemetry::Metrics>,
+    stopping: AtomicBool,
 }
 
 impl Worker {
-    pub async fn build(config: WorkerConfig) -> anyhow::Result<Worker> {
+    pub async fn build(
+        config: WorkerConfig,
+        metrics: Option<common::telemetry::Metrics>,
+    ) -> anyhow::Result<Worker> {
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Worker {
             config: Arc::new(config),
             capture: Arc::new(CaptureStats::default()),
             fanout: Arc::new(FanoutStats::default()),
+            metrics,
             listener,
         })
     }
@@ -57,11 +65,16 @@ impl Worker {
             ))
         });
         let stats = Arc::new(Stats {
+            config: self.config.clone(),
             capture: self.capture.clone(),
             fanout: self.fanout.clone(),
+            metrics: self.metrics.clone(),
+            stopping: AtomicBool::new(false),
         });
+        let http_stats = stats.clone();
         let listener = self.listener;
         let http = tokio::spawn(async move {
+            let stats = http_stats;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -79,23 +92,68 @@ impl Worker {
             }
         });
         stop.await;
+        // Readiness off, then release shards and the slot so the other workers take over at once.
+        stats.stopping.store(true, Ordering::Relaxed);
+        tracing::info!("stopping: releasing shard leases and the replication slot");
         let _ = stop_tx.send(true);
-        if let Some(t) = matching {
-            let _ = t.await;
-        }
-        if let Some(t) = capture {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        let roles = async {
+            if let Some(t) = matching {
+                let _ = t.await;
+            }
+            if let Some(t) = capture {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_timeout, roles)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timeout: stopping without a clean release");
         }
         http.abort();
     }
 }
 
+/// `/healthz`: the process runs. `/readyz`: not stopping, and each enabled role works: capture holds the
+/// slot or stands by (PostgreSQL answers), matching has its stream position (Redis answers).
+/// `/metrics`: Prometheus text. `/capture`, `/fanout`: JSON status for tools and tests.
 fn route(req: &Request<hyper::body::Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
     let c = &stats.capture;
     let f = &stats.fanout;
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok".to_owned()),
-        "/readyz" => (StatusCode::OK, "ready".to_owned()),
+        "/readyz" => {
+            let problem = if stats.stopping.load(Ordering::Relaxed) {
+                Some("stopping")
+            } else if stats.config.capture.enabled && !c.healthy.load(Ordering::Relaxed) {
+                Some("capture is not connected to PostgreSQL and Redis")
+            } else if stats.config.matching_enabled && !f.running.load(Ordering::Relaxed) {
+                Some("matching has no stream position (Redis)")
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => (StatusCode::SERVICE_UNAVAILABLE, p.to_owned()),
+                None => (StatusCode::OK, "ready".to_owned()),
+            }
+        }
+        "/metrics" => match &stats.metrics {
+            Some(m) => {
+                // Counted in the capture loop's atomics (per WAL message), published here.
+                metrics::counter!("realtime_capture_bytes_total")
+                    .absolute(c.bytes.load(Ordering::Relaxed));
+                let mut r = Response::new(Full::new(Bytes::from(m.render())));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return r;
+            }
+            None => (
+                StatusCode::NOT_FOUND,
+                "metrics are disabled (METRICS_ENABLED=false)".to_owned(),
+            ),
+        },
         "/capture" => (
             StatusCode::OK,
             serde_json::json!({

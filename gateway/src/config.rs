@@ -18,12 +18,6 @@ pub enum AuthMode {
     Strict,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone)]
 pub struct WsConfig {
     pub enabled: bool,
@@ -74,6 +68,8 @@ pub struct Config {
     pub db_pool_size: usize,
     pub redis: common::redis::RedisSettings,
     pub redis_prefix: String,
+    /// Readable part of this gateway's id in Redis and logs (`REALTIME_GATEWAY_ID`, else `$HOSTNAME`).
+    pub gateway_name: String,
     /// Virtual shards queries are spread over (must match the workers').
     pub shards: u32,
     /// How far before the LSN read ahead of a snapshot a new registration's replay starts (covers
@@ -92,8 +88,24 @@ pub struct Config {
     pub query: QueryConfig,
     pub limits: Limits,
     pub rate_limit: Option<RateLimit>,
-    pub log_format: LogFormat,
-    pub log_level: String,
+    pub telemetry: common::telemetry::TelemetrySettings,
+    /// Separate listener for `/metrics`, `/healthz` and `/readyz` (`REALTIME_ADMIN_PORT`); when unset
+    /// they are served on the main port.
+    pub admin_port: Option<u16>,
+    pub drain: DrainConfig,
+}
+
+/// Staged shutdown on SIGTERM (see `server::Gateway::run`).
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// Readiness is false but the gateway keeps serving and accepting, so load balancers stop sending
+    /// new clients before it stops listening.
+    pub delay: Duration,
+    /// Connections are closed with 1012 at random moments over this window, so their clients do not
+    /// all reconnect at once.
+    pub spread: Duration,
+    /// Hard stop, counted from the signal.
+    pub timeout: Duration,
 }
 
 fn auth_mode(r: &mut EnvReader, name: &str, default: AuthMode) -> AuthMode {
@@ -147,6 +159,19 @@ impl Config {
             "gateways receive changes from the workers through Redis",
         );
         let redis_prefix = r.string("REALTIME_REDIS_PREFIX", "rt");
+        let gateway_name = r
+            .opt("REALTIME_GATEWAY_ID")
+            .or_else(|| r.opt("HOSTNAME"))
+            .unwrap_or_else(|| "gw".into());
+        if !gateway_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            r.err(
+                "REALTIME_GATEWAY_ID",
+                "may contain only letters, digits, '-', '_' and '.'",
+            );
+        }
         let shards = r.number::<u32>("REALTIME_SHARDS", common::shard::DEFAULT_SHARDS, 1);
         let replay_lookback = r.number::<u64>("REALTIME_REPLAY_LOOKBACK_BYTES", 16 << 20, 0);
 
@@ -223,27 +248,19 @@ impl Config {
         } else {
             None
         };
-        let log_format = match r
-            .string("LOG_STYLE", "pretty")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "raw" | "json" => LogFormat::Json,
-            "pretty" | "text" => LogFormat::Text,
-            other => {
-                let other = other.to_owned();
-                r.err(
-                    "LOG_STYLE",
-                    format!("expected pretty or raw, got {other:?}"),
-                );
-                LogFormat::Text
-            }
+        let telemetry = common::telemetry::TelemetrySettings::from_env(&mut r, "realtime-gateway");
+        let admin_port = r
+            .is_set("REALTIME_ADMIN_PORT")
+            .then(|| r.number::<u16>("REALTIME_ADMIN_PORT", 0, 0));
+        let drain = DrainConfig {
+            delay: r.ms_duration_or_zero("REALTIME_DRAIN_DELAY", "5s"),
+            spread: r.ms_duration_or_zero("REALTIME_DRAIN_SPREAD", "10s"),
+            timeout: r.ms_duration("REALTIME_SHUTDOWN_TIMEOUT", "30s"),
         };
-        let log_level = r.string("LOG_LEVEL", "info");
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if drain.timeout < drain.delay + drain.spread {
             r.err(
-                "LOG_LEVEL",
-                "is not a valid level (trace, debug, info, warn, error) or filter",
+                "REALTIME_SHUTDOWN_TIMEOUT",
+                "must be at least REALTIME_DRAIN_DELAY + REALTIME_DRAIN_SPREAD",
             );
         }
 
@@ -261,6 +278,7 @@ impl Config {
             db_pool_size,
             redis,
             redis_prefix,
+            gateway_name,
             shards,
             replay_lookback,
             access_token_ttl,
@@ -276,8 +294,9 @@ impl Config {
             query,
             limits,
             rate_limit,
-            log_format,
-            log_level,
+            telemetry,
+            admin_port,
+            drain,
         })
     }
 }

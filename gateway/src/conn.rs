@@ -14,6 +14,7 @@ use crate::outbox::Outbox;
 use crate::session::{Action, AuthPurpose, Session};
 use crate::state::AppState;
 use crate::subscribe::{ActiveSub, SubCtx, Subscribed, detach, reauthorize, subscribe};
+use crate::telemetry::{self, AuthState, CloseReason};
 use common::normalize::NormalizedQuery;
 use common::protocol::{Credentials, Uid, close};
 use common::ws::{Decoder, Message, OpCode, encode_close, encode_frame, encode_header};
@@ -37,6 +38,8 @@ type Reauthorized = (String, Result<Arc<NormalizedQuery>, Vec<u8>>);
 /// Result of the operation in flight.
 enum Done {
     Auth {
+        /// `password`, `access_token` or `refresh_token` (metrics).
+        method: &'static str,
         purpose: AuthPurpose,
         uid: Option<Uid>,
         result: Result<Authenticated, AuthError>,
@@ -81,7 +84,14 @@ struct Conn {
     /// The identity changed while another operation ran: re-authorise subscriptions after it.
     reauth_needed: bool,
     closing: Option<Instant>,
+    close_reason: Option<CloseReason>,
     peer_gone: bool,
+    /// When the gateway drains: the moment (jittered) this connection closes with 1012.
+    drain_at: Option<Instant>,
+    /// The state counted in the connections gauge.
+    auth_state: AuthState,
+    /// Pending output last added to the send-queue gauge.
+    queued_reported: i64,
 }
 
 fn instant_for(epoch_secs: i64) -> Instant {
@@ -133,9 +143,22 @@ pub async fn serve(
         pending: None,
         reauth_needed: false,
         closing: None,
+        close_reason: None,
         peer_gone: false,
+        drain_at: None,
+        auth_state: AuthState::Pending,
+        queued_reported: 0,
     };
-    conn.run().await;
+    conn.auth_state = conn.current_auth_state();
+    conn.state.gauges.opened(conn.auth_state);
+    let span = tracing::info_span!(
+        target: common::telemetry::OTEL_TARGET,
+        "ws.connection",
+        conn = conn.id,
+        gateway = %conn.state.registrar.gateway_id,
+        endpoint = telemetry::WEBSOCKET,
+    );
+    tracing::Instrument::instrument(conn.run(), span).await;
 }
 
 impl Conn {
@@ -159,7 +182,7 @@ impl Conn {
             }
             let deadline = match self.closing {
                 Some(d) => Some(d),
-                None => self.session.next_deadline(),
+                None => earliest(self.session.next_deadline(), self.drain_at),
             };
             let can_read = self.closing.is_none() && self.pending.is_none();
             tokio::select! {
@@ -185,13 +208,19 @@ impl Conn {
                 }
                 _ = sleep_until(deadline) => {
                     if self.closing.is_none() {
-                        let actions = self.session.on_timer(&self.state.rest_session, Instant::now());
-                        self.apply(actions);
+                        if self.drain_at.is_some_and(|t| Instant::now() >= t) {
+                            self.close(Some(close::SERVICE_RESTART), "server shutting down", CloseReason::Shutdown);
+                        } else {
+                            let actions = self.session.on_timer(&self.state.rest_session, Instant::now());
+                            self.apply(actions);
+                        }
                     }
                 }
-                changed = shutdown.changed() => {
+                changed = shutdown.changed(), if self.drain_at.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        self.close(Some(close::SERVICE_RESTART), "server shutting down");
+                        // Spread the closes so the clients do not all reconnect at the same moment.
+                        let spread = self.state.config.drain.spread;
+                        self.drain_at = Some(Instant::now() + spread.mul_f64(rand::random::<f64>()));
                     }
                 }
             }
@@ -199,10 +228,34 @@ impl Conn {
         self.finish().await;
     }
 
+    fn current_auth_state(&self) -> AuthState {
+        if self.session.in_handshake() {
+            AuthState::Pending
+        } else if self.acct.user.is_some() {
+            AuthState::Authenticated
+        } else {
+            AuthState::Public
+        }
+    }
+
+    /// Keep the connections gauge in step with the session.
+    fn update_auth_state(&mut self) {
+        let now = self.current_auth_state();
+        self.state.gauges.moved(self.auth_state, now);
+        self.auth_state = now;
+    }
+
     async fn finish(&mut self) {
         for sub in self.session.take_all() {
             detach(&self.state, sub.id, sub.key);
         }
+        let reason = self.close_reason.unwrap_or(CloseReason::Disconnected);
+        self.state.gauges.closed(self.auth_state, reason);
+        self.state
+            .gauges
+            .send_queue_bytes
+            .fetch_sub(self.queued_reported, Ordering::Relaxed);
+        self.queued_reported = 0;
         if self.peer_gone {
             return;
         }
@@ -234,7 +287,7 @@ impl Conn {
         self.rbuf.reserve(READ_CHUNK);
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => self.peer_gone = true,
-            Ok(_) => {}
+            Ok(n) => telemetry::hot().received_bytes.increment(n as u64),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => self.peer_gone = true,
         }
@@ -253,8 +306,14 @@ impl Conn {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "closing connection on a framing error");
-                    self.close(Some(e.close_code()), &e.to_string());
+                    tracing::debug!(conn = self.id, error = %e, "closing connection on a framing error");
+                    let code = e.close_code();
+                    let reason = if code == close::MESSAGE_TOO_BIG {
+                        CloseReason::TooBig
+                    } else {
+                        CloseReason::ProtocolError
+                    };
+                    self.close(Some(code), &e.to_string(), reason);
                 }
             }
         }
@@ -271,6 +330,7 @@ impl Conn {
     fn on_frame(&mut self, msg: Message) {
         match msg {
             Message::Data { payload, .. } => {
+                telemetry::hot().messages_received.increment(1);
                 let actions =
                     self.session
                         .on_message(&self.state.rest_session, Instant::now(), &payload);
@@ -284,20 +344,25 @@ impl Conn {
                 let code = code
                     .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
                     .or(Some(close::NORMAL));
-                self.close(code, "");
+                self.close(code, "", CloseReason::Client);
             }
         }
     }
 
-    fn close(&mut self, code: Option<u16>, reason: &str) {
+    fn close(&mut self, code: Option<u16>, text: &str, reason: CloseReason) {
         if self.closing.is_some() {
             return;
         }
+        self.close_reason = Some(reason);
         self.closing = Some(Instant::now() + CLOSE_LINGER);
-        encode_close(&mut self.wbuf, code, reason);
+        encode_close(&mut self.wbuf, code, text);
     }
 
     fn send(&mut self, frame: &[u8]) {
+        if let Some(code) = common::protocol::error_code_of(frame) {
+            telemetry::protocol_error(code.code());
+        }
+        telemetry::hot().messages_sent.increment(1);
         encode_frame(&mut self.wbuf, OpCode::Text, frame);
     }
 
@@ -315,7 +380,11 @@ impl Conn {
 
     /// Move queued event frames into the write buffer; close a connection that fell too far behind.
     fn drain_outbox(&mut self) {
-        for (body, suffix) in self.outbox.drain() {
+        let frames = self.outbox.drain();
+        telemetry::hot()
+            .messages_sent
+            .increment(frames.len() as u64);
+        for (body, suffix) in frames {
             self.send_event(&body, &suffix);
         }
         if self.outbox.overflowed()
@@ -329,6 +398,7 @@ impl Conn {
             self.close(
                 Some(close::SLOW_CONSUMER),
                 "slow consumer: send buffer exceeded",
+                CloseReason::SlowConsumer,
             );
         }
     }
@@ -340,8 +410,11 @@ impl Conn {
             }
             match action {
                 Action::Send(frame) => self.send(&frame),
-                Action::Close(code) => self.close(code, ""),
-                Action::FallBackToPublic => self.set_identity(self.public.clone()),
+                Action::Close(reason) => self.close(close::NO_STATUS, "", reason),
+                Action::FallBackToPublic => {
+                    self.set_identity(self.public.clone());
+                    self.update_auth_state();
+                }
                 Action::Authenticate {
                     credentials,
                     uid,
@@ -349,6 +422,11 @@ impl Conn {
                 } => {
                     let state = self.state.clone();
                     let client = self.client.clone();
+                    let method = match &credentials {
+                        Credentials::AccessToken(_) => "access_token",
+                        Credentials::RefreshToken(_) => "refresh_token",
+                        Credentials::Login { .. } => "password",
+                    };
                     self.pending = Some(Box::pin(async move {
                         let result = match credentials {
                             Credentials::AccessToken(t) => {
@@ -365,6 +443,7 @@ impl Conn {
                             }
                         };
                         Done::Auth {
+                            method,
                             purpose,
                             uid,
                             result,
@@ -380,13 +459,29 @@ impl Conn {
                         sub: self.next_sub,
                         outbox: self.outbox.clone(),
                     };
-                    self.pending = Some(Box::pin(async move {
-                        let result = subscribe(&state, &acct, request, &uid, ctx).await;
-                        Done::Subscribe {
-                            uid,
-                            result: Box::new(result),
-                        }
-                    }));
+                    let span = tracing::info_span!(
+                        target: common::telemetry::OTEL_TARGET,
+                        "ws.subscription",
+                        collection = %request.collection,
+                        uid = %uid,
+                        query = tracing::field::Empty,
+                        ok = tracing::field::Empty,
+                    );
+                    self.pending = Some(Box::pin(tracing::Instrument::instrument(
+                        async move {
+                            let result = subscribe(&state, &acct, request, &uid, ctx).await;
+                            let span = tracing::Span::current();
+                            span.record("ok", result.is_ok());
+                            if let Ok(s) = &result {
+                                span.record("query", tracing::field::display(s.sub.id));
+                            }
+                            Done::Subscribe {
+                                uid,
+                                result: Box::new(result),
+                            }
+                        },
+                        span,
+                    )));
                 }
                 Action::Unsubscribed(subs) => {
                     for sub in subs {
@@ -435,6 +530,7 @@ impl Conn {
         let now = Instant::now();
         match done {
             Done::Auth {
+                method,
                 purpose,
                 uid,
                 result,
@@ -446,7 +542,8 @@ impl Conn {
                         Ok((expires, auth.refresh_token))
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "websocket authentication failed");
+                        tracing::debug!(conn = self.id, error = %e, "websocket authentication failed");
+                        telemetry::auth_failure(method);
                         Err(())
                     }
                 };
@@ -454,6 +551,7 @@ impl Conn {
                     .session
                     .on_auth(cfg, now, purpose, uid.as_ref(), outcome);
                 self.apply(actions);
+                self.update_auth_state();
             }
             Done::Subscribe { uid, result } => match *result {
                 Ok(Subscribed {
@@ -534,7 +632,10 @@ impl Conn {
                     self.peer_gone = true;
                     return;
                 }
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    self.wpos += n;
+                    telemetry::hot().sent_bytes.increment(n as u64);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.peer_gone = true;
@@ -547,6 +648,21 @@ impl Conn {
             self.wbuf = Vec::new();
             self.wpos = 0;
         }
+        let queued = (self.wbuf.len() - self.wpos) as i64;
+        if queued != self.queued_reported {
+            self.state
+                .gauges
+                .send_queue_bytes
+                .fetch_add(queued - self.queued_reported, Ordering::Relaxed);
+            self.queued_reported = queued;
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -6,6 +6,7 @@
 use crate::auth::{AuthError, ClientInfo};
 use crate::conn::{self, Admission, ConnGuard};
 use crate::state::AppState;
+use crate::telemetry;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -159,23 +160,10 @@ pub async fn handle(
         (&Method::GET, "/server/ping") => {
             respond(StatusCode::OK, "text/plain; charset=utf-8", "pong")
         }
-        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
-        (&Method::GET, "/readyz") => {
-            if state.draining.load(Ordering::Relaxed) {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "draining",
-                )
-            } else if state.pool.get().await.is_err() {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "database unreachable",
-                )
-            } else {
-                respond(StatusCode::OK, "text/plain; charset=utf-8", "ready")
-            }
+        (&Method::GET, "/healthz" | "/readyz" | "/metrics")
+            if path != "/metrics" || state.config.admin_port.is_none() =>
+        {
+            admin_route(&state, &path).await
         }
         (&Method::POST, "/auth/login") => login(&state, peer, req).await,
         (&Method::POST, "/auth/refresh") => refresh(&state, peer, req).await,
@@ -187,6 +175,56 @@ pub async fn handle(
         ),
     };
     Ok(response)
+}
+
+/// The admin listener (`REALTIME_ADMIN_PORT`): probes and metrics only.
+pub async fn handle_admin(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path();
+    Ok(match (req.method(), path) {
+        (&Method::GET, "/healthz" | "/readyz" | "/metrics") => admin_route(&state, path).await,
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found",
+        ),
+    })
+}
+
+/// `/healthz`: the process runs. `/readyz`: not draining, PostgreSQL and Redis answer. `/metrics`:
+/// Prometheus text.
+async fn admin_route(state: &AppState, path: &str) -> Response<Body> {
+    let text = |status, body: &'static str| respond(status, "text/plain; charset=utf-8", body);
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" => {
+            if state.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else if state.pool.get().await.is_err() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+            } else if !state.registrar.ping().await {
+                text(StatusCode::SERVICE_UNAVAILABLE, "redis unreachable")
+            } else {
+                text(StatusCode::OK, "ready")
+            }
+        }
+        _ => match &state.metrics {
+            Some(m) => {
+                crate::telemetry::record_gauges(state);
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    m.render(),
+                )
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "metrics are disabled (METRICS_ENABLED=false)",
+            ),
+        },
+    }
 }
 
 fn set_refresh_cookie(resp: &mut Response<Body>, state: &AppState, token: &str) {
@@ -253,7 +291,10 @@ async fn login(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
             }
             resp
         }
-        Err(e) => auth_error(&e),
+        Err(e) => {
+            telemetry::auth_failure("rest_login");
+            auth_error(&e)
+        }
     }
 }
 
@@ -329,12 +370,16 @@ async fn upgrade(
     peer: SocketAddr,
     req: &mut Request<Incoming>,
 ) -> Response<Body> {
-    if state.draining.load(Ordering::Relaxed) {
+    // While draining the gateway still accepts (load balancers take a while to notice readiness);
+    // once connections are being closed, new ones are turned away.
+    if *state.shutdown.borrow() {
+        telemetry::upgrade_rejected("draining");
         return bare(StatusCode::SERVICE_UNAVAILABLE);
     }
     if let Some(limit) = state.config.ws.rest_conn_limit
         && state.rest_connections.load(Ordering::Relaxed) >= limit
     {
+        telemetry::upgrade_rejected("conn_limit");
         return bare(StatusCode::FORBIDDEN);
     }
     let client = client_info(req, peer);
@@ -345,6 +390,7 @@ async fn upgrade(
         || cookie_token.is_some()
     {
         let Some(token) = url_token.or(cookie_token) else {
+            telemetry::upgrade_rejected("unauthorized");
             return bare(StatusCode::UNAUTHORIZED);
         };
         match state.auth.verify_access_token(&token, client.ip).await {
@@ -356,16 +402,24 @@ async fn upgrade(
                 | AuthError::TokenExpired
                 | AuthError::UserSuspended,
             ) => {
+                telemetry::auth_failure("upgrade");
+                telemetry::upgrade_rejected("unauthorized");
                 return bare(StatusCode::UNAUTHORIZED);
             }
-            Err(AuthError::Unavailable(_)) => return bare(StatusCode::SERVICE_UNAVAILABLE),
+            Err(AuthError::Unavailable(_)) => {
+                telemetry::upgrade_rejected("unavailable");
+                return bare(StatusCode::SERVICE_UNAVAILABLE);
+            }
         }
     } else {
         None
     };
     let public = match state.public_accountability(client.ip).await {
         Ok(p) => p,
-        Err(_) => return bare(StatusCode::SERVICE_UNAVAILABLE),
+        Err(_) => {
+            telemetry::upgrade_rejected("unavailable");
+            return bare(StatusCode::SERVICE_UNAVAILABLE);
+        }
     };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(req) {
         Ok(pair) => pair,

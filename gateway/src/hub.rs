@@ -340,8 +340,19 @@ impl LocalQuery {
             return;
         }
         self.last = pos;
-        metrics::histogram!("realtime_change_to_send_seconds")
+        crate::telemetry::hot()
+            .change_to_send
             .record((now_us - commit_time).max(0) as f64 / 1e6);
+        let _span = common::telemetry::change_traced(pos.lsn).then(|| {
+            let span = tracing::info_span!(
+                target: common::telemetry::OTEL_TARGET,
+                "change.deliver",
+                lsn = pos.lsn,
+                subscribers = self.subs.len(),
+            );
+            common::telemetry::join_change_trace(&span, pos.lsn);
+            span.entered()
+        });
         for sub in &mut self.subs {
             let send = match &mut sub.state {
                 SubState::Live => true,

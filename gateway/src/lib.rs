@@ -4,7 +4,8 @@
 //! socket) → [`session`] (the protocol state machine, pure) → [`subscribe`] (normalisation, permissions,
 //! snapshot) with [`auth`] and [`db`]. Events arrive through [`registrar`] (Redis registration and the
 //! delivery channel) into the [`hub`] (local subscriptions, dedupe, gap-free init), which queues frames in
-//! each connection's [`outbox`]. [`server`] assembles them; `main` only reads the configuration.
+//! each connection's [`outbox`]. [`telemetry`] names every metric. [`server`] assembles them and runs the
+//! staged shutdown; `main` only reads the configuration and sets up logging, tracing and metrics.
 
 pub mod auth;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod subscribe;
+pub mod telemetry;

@@ -1,19 +1,6 @@
-use gateway::config::{Config, LogFormat};
+use gateway::config::Config;
 use gateway::server::Gateway;
 use std::process::ExitCode;
-use std::time::Duration;
-
-fn init_logging(cfg: &Config) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -25,8 +12,7 @@ async fn stop_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(errors) => {
@@ -37,27 +23,59 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
-    if config.secret_generated {
-        tracing::warn!(
-            "SECRET is not set: generated a random one for this process; tokens will not work across gateways or restarts"
-        );
-    }
-    let gateway = match Gateway::build(config).await {
-        Ok(g) => g,
+    // Before the runtime: the trace exporter's blocking HTTP client must not be built inside one.
+    let _telemetry = match common::telemetry::init(&config.telemetry, &[]) {
+        Ok(t) => t,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway failed to start");
+            eprintln!("gateway: cannot set up logging and tracing: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let addr = gateway.local_addr().expect("bound listener");
-    // Machine-readable readiness line for launchers and tests (PORT=0 picks a free port).
-    println!(
-        "{}",
-        serde_json::json!({"event": "listening", "addr": addr.to_string()})
-    );
-    tracing::info!(%addr, "gateway listening");
-    gateway.run(stop_signal(), Duration::from_secs(10)).await;
-    tracing::info!("gateway stopped");
-    ExitCode::SUCCESS
+    let metrics = if config.telemetry.metrics_enabled {
+        match common::telemetry::Metrics::install("gateway") {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("gateway: cannot install the metrics recorder: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        if config.secret_generated {
+            tracing::warn!(
+                "SECRET is not set: generated a random one for this process; tokens will not work across gateways or restarts"
+            );
+        }
+        let gateway = match Gateway::build(config, metrics).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "gateway failed to start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = gateway.local_addr().expect("bound listener");
+        let admin = gateway.admin_addr();
+        // Machine-readable readiness line for launchers and tests (PORT=0 picks a free port).
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "listening",
+                "addr": addr.to_string(),
+                "admin_addr": admin.map(|a| a.to_string()),
+            })
+        );
+        tracing::info!(%addr, admin = ?admin, gateway = %gateway.state.registrar.gateway_id, "gateway listening");
+        gateway.run(stop_signal()).await;
+        tracing::info!("gateway stopped");
+        ExitCode::SUCCESS
+    });
+    // Do not wait for tasks still winding down (the drain already gave them their time).
+    runtime.shutdown_background();
+    code
 }

@@ -40,7 +40,7 @@ impl Outbox {
             if q.1 + size > self.limit {
                 drop(q);
                 self.overflowed.store(true, Ordering::Relaxed);
-                metrics::counter!("realtime_slow_consumer_disconnects_total").increment(1);
+                crate::telemetry::slow_consumer();
                 self.notify.notify_one();
                 return false;
             }
@@ -61,7 +61,7 @@ impl Outbox {
     /// Mark the connection as a slow consumer (its pending init buffer passed the budget).
     pub fn force_overflow(&self) {
         if !self.overflowed.swap(true, Ordering::Relaxed) {
-            metrics::counter!("realtime_slow_consumer_disconnects_total").increment(1);
+            crate::telemetry::slow_consumer();
         }
         self.notify.notify_one();
     }

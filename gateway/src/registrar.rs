@@ -47,6 +47,7 @@ impl Registrar {
         settings: &common::redis::RedisSettings,
         prefix: &str,
         shards: u32,
+        name: &str,
     ) -> anyhow::Result<Registrar> {
         let redis = Redis::new(settings)?;
         let mut con = redis.connect().await?;
@@ -65,7 +66,9 @@ impl Registrar {
             );
         }
         Ok(Registrar {
-            gateway_id: uuid::Uuid::new_v4().simple().to_string(),
+            // Unique per process even when the name repeats (a restarted pod): registrations of the old
+            // process must expire with it, not be kept alive by the new one's heartbeat.
+            gateway_id: format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             keys,
             shards,
             redis,
@@ -190,6 +193,17 @@ impl Registrar {
         Ok(())
     }
 
+    /// Whether Redis answers within a second (readiness).
+    pub async fn ping(&self) -> bool {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut con);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(_))
+        )
+    }
+
     async fn heartbeat(&self) -> redis::RedisResult<()> {
         let mut alive = redis::cmd("SET");
         alive
@@ -269,9 +283,9 @@ impl Registrar {
             match event {
                 Some(SubEvent::Message(m)) => {
                     let d = hub.deliver(m);
-                    metrics::counter!("realtime_deliveries_total").increment(d.frames as u64);
-                    metrics::counter!("realtime_duplicate_events_total")
-                        .increment(d.duplicates as u64);
+                    let hot = crate::telemetry::hot();
+                    hot.events_delivered.increment(d.frames as u64);
+                    hot.duplicate_events.increment(d.duplicates as u64);
                 }
                 Some(SubEvent::Subscribed) => {
                     if let Some(r) = ready.take() {

@@ -10,6 +10,7 @@
 //! falls back to the public role (never to unrestricted).
 
 use crate::config::{AuthMode, RateLimit};
+use crate::telemetry::CloseReason;
 use common::protocol::{
     self, ClientMessage, Credentials, ErrorCode, SubscribeRequest, Uid, error_frame,
     parse_client_message,
@@ -41,8 +42,9 @@ pub enum AuthPurpose {
 #[derive(Debug, PartialEq)]
 pub enum Action<S> {
     Send(Vec<u8>),
-    /// Close after flushing what was sent; `None` = no status code (Directus's `close()`).
-    Close(Option<u16>),
+    /// Close after flushing what was sent, with no status code (Directus's `close()`); the reason is
+    /// for metrics.
+    Close(CloseReason),
     /// Verify the credentials, set the connection's identity on success, and report with
     /// [`Session::on_auth`].
     Authenticate {
@@ -134,6 +136,11 @@ impl<S> Session<S> {
         self.authenticated
     }
 
+    /// Still waiting for the handshake's `auth` message.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::Handshake { .. })
+    }
+
     pub fn subscriptions(&self) -> &[Sub<S>] {
         &self.subs
     }
@@ -204,7 +211,7 @@ impl<S> Session<S> {
                 }
                 _ => vec![
                     Action::Send(Self::handshake_failed()),
-                    Action::Close(protocol::close::NO_STATUS),
+                    Action::Close(CloseReason::AuthFailed),
                 ],
             };
         }
@@ -314,7 +321,7 @@ impl<S> Session<S> {
             )),
         ];
         if cfg.mode != AuthMode::Public {
-            actions.push(Action::Close(protocol::close::NO_STATUS));
+            actions.push(Action::Close(CloseReason::AuthFailed));
         }
         actions
     }
@@ -343,7 +350,7 @@ impl<S> Session<S> {
             (AuthPurpose::Handshake, Err(())) => {
                 vec![
                     Action::Send(Self::handshake_failed()),
-                    Action::Close(protocol::close::NO_STATUS),
+                    Action::Close(CloseReason::AuthFailed),
                 ]
             }
             (AuthPurpose::Message, Ok((expires, refresh))) => {
@@ -382,7 +389,7 @@ impl<S> Session<S> {
             && !self.busy
         {
             actions.push(Action::Send(Self::handshake_failed()));
-            actions.push(Action::Close(protocol::close::NO_STATUS));
+            actions.push(Action::Close(CloseReason::AuthTimeout));
             return actions;
         }
         if self.expires_at.is_some_and(|t| now >= t) {
@@ -406,7 +413,7 @@ impl<S> Session<S> {
                 None,
             )));
             if cfg.mode != AuthMode::Public {
-                actions.push(Action::Close(protocol::close::NO_STATUS));
+                actions.push(Action::Close(CloseReason::AuthTimeout));
                 return actions;
             }
         }
@@ -414,7 +421,7 @@ impl<S> Session<S> {
             && now >= due
         {
             if self.awaiting_life {
-                actions.push(Action::Close(protocol::close::NO_STATUS));
+                actions.push(Action::Close(CloseReason::HeartbeatTimeout));
                 return actions;
             }
             self.awaiting_life = true;
@@ -688,7 +695,7 @@ mod tests {
         // An unparseable message does not.
         s.on_message(&c, t0 + 2 * p, b"garbage");
         let a = s.on_timer(&c, t0 + 3 * p);
-        assert_eq!(a, vec![Action::Close(None)]);
+        assert_eq!(a, vec![Action::Close(CloseReason::HeartbeatTimeout)]);
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Flips to `true` when every connection must close (shutdown).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Connection gauges published at scrape time.
+    pub gauges: crate::telemetry::ConnGauges,
+    /// The Prometheus recorder, when `METRICS_ENABLED`.
+    pub metrics: Option<common::telemetry::Metrics>,
     public_cache: Mutex<PublicCache>,
 }
 
@@ -47,6 +51,7 @@ impl AppState {
         schema: SchemaCache,
         registrar: Arc<Registrar>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        metrics: Option<common::telemetry::Metrics>,
     ) -> AppState {
         let auth = AuthService::new(pool.clone(), &config);
         let rest_session = SessionConfig {
@@ -71,6 +76,8 @@ impl AppState {
             rest_connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             shutdown,
+            metrics,
+            gauges: Default::default(),
             public_cache: Mutex::new(HashMap::new()),
         }
     }

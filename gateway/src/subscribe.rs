@@ -240,6 +240,7 @@ pub async fn subscribe(
         ));
     }
 
+    let started = std::time::Instant::now();
     let result = async {
         let tx = client
             .build_transaction()
@@ -271,6 +272,7 @@ pub async fn subscribe(
         Ok((init, snap, until))
     }
     .await;
+    metrics::histogram!("realtime_snapshot_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok((init, snap, until)) => Ok(Subscribed {
             sub: ActiveSub {
