@@ -387,7 +387,6 @@ mod process {
             // A gauge: counters here are integers, and CPU seconds need fractions (`rate()` works on it).
             metrics::gauge!("process_cpu_seconds_total").set((ticks(11) + ticks(12)) / TICKS);
             metrics::gauge!("process_resident_memory_bytes").set(ticks(21) * PAGE);
-            metrics::gauge!("process_virtual_memory_bytes").set(ticks(20));
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
             metrics::gauge!("process_open_fds").set(fds.count() as f64);

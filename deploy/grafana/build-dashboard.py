@@ -192,8 +192,8 @@ def build():
                      [(f"sum(realtime_gateway_subscriptions{{{SEL}}})", "subscriptions"),
                       (f"sum(realtime_gateway_queries{{{SEL}}})", "distinct queries (sum over gateways)"),
                       (f"sum(realtime_registered_queries{{{SEL}}})", "queries registered on workers")]), 12, 8)
-    L.add(timeseries("Registrations", "Query registrations each gateway holds in Redis.",
-                     [(f"sum by (pod) (realtime_gateway_registrations{{{SEL}}})", "{{pod}}")]), 12, 8)
+    L.add(timeseries("Registrations per gateway", "Distinct queries each gateway has registered with the workers.",
+                     [(f"sum by (pod) (realtime_gateway_queries{{{SEL}}})", "{{pod}}")]), 12, 8)
 
     L.row("Traffic")
     L.add(timeseries("Messages in / out", "WebSocket messages per second by endpoint; received are negative.",
@@ -246,6 +246,14 @@ def build():
     L.add(timeseries("Redis append latency", "Time to append a batch to the change stream.",
                      [(quantile(0.5, "realtime_capture_append_seconds"), "p50"),
                       (quantile(0.99, "realtime_capture_append_seconds"), "p99")], unit="s"), 8, 8)
+    L.add(timeseries("Stream entries appended", "Change stream entries appended, and re-sends skipped as duplicates (after a failover or reconnect).",
+                     [(rate("realtime_capture_entries_total", "result"), "{{result}}")], unit="ops"), 12, 8)
+    L.add(timeseries("Failures and recoveries",
+                     "Capture and matching sessions that failed (and restarted), gateways re-syncing after a lost Redis subscription, workers reloading shards after the ctl stream was trimmed past them.",
+                     [(rate("realtime_capture_errors_total"), "capture errors"),
+                      (rate("realtime_fanout_errors_total"), "matching errors"),
+                      (rate("realtime_gateway_resyncs_total"), "gateway resyncs"),
+                      (rate("realtime_ctl_reloads_total"), "ctl reloads")], unit="ops"), 12, 8)
 
     L.row("Matching and delivery (workers)")
     L.add(timeseries("Stream backlog", "How far each worker's matching cursor is behind the stream end, in WAL bytes.",
@@ -280,6 +288,8 @@ def build():
                      [(f"sum by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}}")], unit="bytes"), 8, 8)
     L.add(timeseries("Open file descriptors", "Sockets and files per pod.",
                      [(f"sum by (pod) (process_open_fds{{{SEL}}})", "{{pod}}")]), 8, 8)
+    L.add(timeseries("Restarts", "Process starts per pod in the last hour.",
+                     [(f"changes(process_start_time_seconds{{{SEL}}}[1h])", "{{pod}}")]), 24, 6)
     versions = {
         "type": "table",
         "title": "Versions",

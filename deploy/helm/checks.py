@@ -20,30 +20,19 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# The metrics the gateway and fanout-worker export (the interface the dashboard and the alerts build on).
-COUNTERS_GAUGES = {
-    # gateway
-    "realtime_gateway_connections", "realtime_gateway_connections_opened_total",
-    "realtime_gateway_connections_closed_total", "realtime_gateway_upgrades_rejected_total",
-    "realtime_gateway_subscriptions", "realtime_gateway_queries", "realtime_gateway_messages_received_total",
-    "realtime_gateway_messages_sent_total", "realtime_gateway_received_bytes_total",
-    "realtime_gateway_sent_bytes_total", "realtime_gateway_protocol_errors_total",
-    "realtime_gateway_auth_failures_total", "realtime_gateway_slow_consumer_disconnects_total",
-    "realtime_gateway_send_queue_bytes", "realtime_gateway_events_delivered_total",
-    "realtime_gateway_duplicate_events_total", "realtime_gateway_registrations", "realtime_gateway_draining",
-    # worker
-    "realtime_capture_active", "realtime_capture_changes_total", "realtime_capture_transactions_total",
-    "realtime_capture_bytes_total", "realtime_replication_lag_bytes", "realtime_replication_lag_seconds",
-    "realtime_stream_backlog_bytes", "realtime_shards_owned", "realtime_shard_moves_total",
-    "realtime_registered_queries", "realtime_redis_publish_errors_total", "realtime_published_messages_total",
-    "realtime_published_frames_total", "realtime_replays_total", "realtime_stream_gaps_total",
-    # both
-    "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "realtime_build_info",
-}
-HISTOGRAMS = {
-    "realtime_change_to_send_seconds", "realtime_snapshot_seconds", "realtime_capture_append_seconds",
-    "realtime_matching_duration_seconds", "realtime_redis_publish_seconds",
-}
+# The metrics the gateway and fanout-worker export (the interface the dashboard and the alerts build on),
+# read from the Rust sources so the dashboard and the alerts can never name a metric the code lost.
+def exported_metrics():
+    kinds = re.compile(r'\b(counter|gauge|histogram)!\(\s*"((?:realtime|process)_[a-z0-9_]+)"')
+    plain, hist = set(), set()
+    for crate in ("common", "gateway", "fanout-worker"):
+        for f in (ROOT / crate / "src").rglob("*.rs"):
+            for kind, name in kinds.findall(f.read_text()):
+                (hist if kind == "histogram" else plain).add(name)
+    return plain, hist
+
+
+COUNTERS_GAUGES, HISTOGRAMS = exported_metrics()
 NAME_RE = re.compile(r"\b((?:realtime|process)_[a-z0-9_]+)\b")
 
 problems = []
