@@ -453,15 +453,35 @@ pub struct Redis {
     child: Option<Child>,
     dir: TempDir,
     pub port: u16,
+    /// Extra `redis-server` arguments (cluster mode, `--replicaof`).
+    args: Vec<String>,
+    /// Run as a sentinel with this initial configuration.
+    sentinel_conf: Option<String>,
 }
 
 impl Redis {
     pub async fn start() -> Result<Redis> {
+        Redis::start_with(&[]).await
+    }
+
+    /// Start with extra arguments (`{port}` in them is replaced by the server's port).
+    pub async fn start_with(args: &[&str]) -> Result<Redis> {
+        Redis::launch(args, None).await
+    }
+
+    /// Start a sentinel with these configuration lines (e.g. `sentinel monitor m 127.0.0.1 6379 1`).
+    pub async fn start_sentinel(conf: &str) -> Result<Redis> {
+        Redis::launch(&[], Some(conf.to_owned())).await
+    }
+
+    async fn launch(args: &[&str], sentinel_conf: Option<String>) -> Result<Redis> {
         let dir = TempDir::new("rt-redis")?;
         let mut r = Redis {
             child: None,
             dir,
             port: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            sentinel_conf,
         };
         let mut last_err = None;
         for _ in 0..5 {
@@ -478,6 +498,16 @@ impl Redis {
         let log = fs::File::create(self.dir.path().join("redis.log"))?;
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let mut cmd = Command::new(bin);
+        let port = self.port.to_string();
+        if let Some(conf) = &self.sentinel_conf {
+            // Sentinel rewrites its file as it learns the topology; a restart keeps what it learned.
+            let path = self.dir.path().join("sentinel.conf");
+            if !path.exists() {
+                fs::write(&path, conf)?;
+            }
+            cmd.arg(path).arg("--sentinel");
+        }
+        cmd.args(self.args.iter().map(|a| a.replace("{port}", &port)));
         cmd.args([
             "--port",
             &self.port.to_string(),
@@ -527,8 +557,18 @@ impl Redis {
         }
     }
 
+    /// The server's process id (for CPU/RSS sampling).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn stop(&mut self) {
