@@ -306,7 +306,7 @@ impl Conn {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(conn = self.id, error = %e, "closing connection on a framing error");
+                    tracing::debug!(conn = self.id, gateway = %self.state.registrar.gateway_id, error = %e, "closing connection on a framing error");
                     let code = e.close_code();
                     let reason = if code == close::MESSAGE_TOO_BIG {
                         CloseReason::TooBig
@@ -392,6 +392,7 @@ impl Conn {
         {
             tracing::info!(
                 conn = self.id,
+                gateway = %self.state.registrar.gateway_id,
                 queued = self.wbuf.len() - self.wpos,
                 "closing a slow consumer"
             );
@@ -542,7 +543,7 @@ impl Conn {
                         Ok((expires, auth.refresh_token))
                     }
                     Err(e) => {
-                        tracing::debug!(conn = self.id, error = %e, "websocket authentication failed");
+                        tracing::debug!(conn = self.id, gateway = %self.state.registrar.gateway_id, method, error = %e, "websocket authentication failed");
                         telemetry::auth_failure(method);
                         Err(())
                     }
