@@ -161,17 +161,27 @@ impl RedisSettings {
         }
     }
 
+    /// A data node's address with `REDIS_USERNAME` / `REDIS_PASSWORD` applied.
     fn node_info(&self, url: &str) -> RedisResult<redis::ConnectionInfo> {
-        let info = url.into_connection_info()?;
-        let mut redis = info.redis_settings().clone();
-        if let Some(u) = &self.username {
-            redis = redis.set_username(u);
-        }
-        if let Some(p) = &self.password {
-            redis = redis.set_password(p);
-        }
-        Ok(info.set_redis_settings(redis))
+        with_credentials(url, &self.username, &self.password)
     }
+}
+
+/// `url` with the given credentials replacing those in it (where set).
+fn with_credentials(
+    url: &str,
+    username: &Option<String>,
+    password: &Option<String>,
+) -> RedisResult<redis::ConnectionInfo> {
+    let info = url.into_connection_info()?;
+    let mut redis = info.redis_settings().clone();
+    if let Some(u) = username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = password {
+        redis = redis.set_password(p);
+    }
+    Ok(info.set_redis_settings(redis))
 }
 
 /// A Redis deployment to open connections to. Cheap to clone.
@@ -214,17 +224,7 @@ impl Redis {
                 let sentinels = s
                     .urls
                     .iter()
-                    .map(|u| {
-                        let info = u.as_str().into_connection_info()?;
-                        let mut redis = info.redis_settings().clone();
-                        if let Some(n) = &s.sentinel_username {
-                            redis = redis.set_username(n);
-                        }
-                        if let Some(p) = &s.sentinel_password {
-                            redis = redis.set_password(p);
-                        }
-                        Ok(info.set_redis_settings(redis))
-                    })
+                    .map(|u| with_credentials(u, &s.sentinel_username, &s.sentinel_password))
                     .collect::<RedisResult<Vec<_>>>()?;
                 // The primary's credentials: REDIS_USERNAME/REDIS_PASSWORD, else those of the URLs.
                 let first = s

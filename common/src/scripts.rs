@@ -94,6 +94,41 @@ end
 return 0
 "#;
 
+/// Approximate length kept of the ctl stream: workers follow it continuously, and a shard's new owner
+/// loads the shard's hashes, so old entries are not needed.
+pub const CTL_MAXLEN: usize = 100_000;
+
+/// The ctl stream entry that tells the workers about a registration (`reg`, with its replay request and
+/// canonical definition) or its removal (`None`: `unreg`). Sent after the script that changed the shard's
+/// hashes (see the module docs for why that order is safe).
+pub fn ctl_entry(
+    keys: &crate::keys::Keys,
+    query: crate::normalize::QueryId,
+    gateway: &str,
+    registration: Option<(&str, &str)>,
+) -> redis::Cmd {
+    let mut c = redis::cmd("XADD");
+    c.arg(keys.ctl())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(CTL_MAXLEN)
+        .arg("*")
+        .arg("op")
+        .arg(if registration.is_some() {
+            "reg"
+        } else {
+            "unreg"
+        })
+        .arg("q")
+        .arg(query.to_string())
+        .arg("g")
+        .arg(gateway);
+    if let Some((request, def_json)) = registration {
+        c.arg("f").arg(request).arg("d").arg(def_json);
+    }
+    c
+}
+
 /// A gateway's request to replay the change stream from commit LSN `lsn` for one registration. The
 /// token tells the gateway which request a replay's end answers (see `common::delivery::EntryKind`).
 pub fn replay_request(lsn: u64, token: u64) -> String {

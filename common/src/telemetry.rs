@@ -297,6 +297,26 @@ pub fn join_change_trace(span: &tracing::Span, lsn: u64) {
     }
 }
 
+/// Everything a binary sets up before its runtime starts: logs and traces ([`init`]) and, when
+/// `METRICS_ENABLED`, the metrics recorder. The error says which part failed.
+pub fn setup(
+    settings: &TelemetrySettings,
+    component: &'static str,
+    quiet: &[&str],
+) -> Result<(Telemetry, Option<Metrics>), String> {
+    let telemetry =
+        init(settings, quiet).map_err(|e| format!("cannot set up logging and tracing: {e}"))?;
+    let metrics = if settings.metrics_enabled {
+        Some(
+            Metrics::install(component)
+                .map_err(|e| format!("cannot install the metrics recorder: {e}"))?,
+        )
+    } else {
+        None
+    };
+    Ok((telemetry, metrics))
+}
+
 /// The parent every process gives the spans of the transaction committed at `lsn`, or `None` when
 /// tracing is off or this change is not sampled.
 pub fn change_trace(lsn: u64) -> Option<opentelemetry::Context> {

@@ -38,9 +38,6 @@ use tokio::sync::watch;
 const BLOCK_MS: u64 = 200;
 /// Publish a gateway's message once it grows past this, even mid-batch (bounds memory per gateway).
 const MAX_MESSAGE: usize = 1 << 20;
-/// Approximate length kept of the ctl stream (workers follow it continuously; a shard's new owner loads
-/// the shard's hashes, so old entries are not needed).
-pub const CTL_MAXLEN: usize = 100_000;
 /// How often owned shards' checkpoints are written while changes flow. Later only means a longer
 /// catch-up replay after a failover (gateways drop what they already have).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -786,18 +783,7 @@ impl Loop<'_> {
                     .arg(&**gw)
                     .invoke_async(&mut self.cmd)
                     .await?;
-                let _: String = redis::cmd("XADD")
-                    .arg(self.keys.ctl())
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(CTL_MAXLEN)
-                    .arg("*")
-                    .arg("op")
-                    .arg("unreg")
-                    .arg("q")
-                    .arg(id.to_string())
-                    .arg("g")
-                    .arg(&**gw)
+                let _: String = common::scripts::ctl_entry(&self.keys, id, gw, None)
                     .query_async(&mut self.cmd)
                     .await?;
             }

@@ -26,23 +26,16 @@ fn main() -> ExitCode {
     // reports (and retries) that failure with context, so the duplicate line is silenced unless the
     // operator asks for it. Set up before the runtime: the trace exporter's blocking HTTP client must
     // not be built inside one.
-    let _telemetry = match common::telemetry::init(&config.telemetry, &["pgwire_replication=off"]) {
+    let (_telemetry, metrics) = match common::telemetry::setup(
+        &config.telemetry,
+        "fanout-worker",
+        &["pgwire_replication=off"],
+    ) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("fanout-worker: cannot set up logging and tracing: {e}");
+            eprintln!("fanout-worker: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let metrics = if config.telemetry.metrics_enabled {
-        match common::telemetry::Metrics::install("fanout-worker") {
-            Ok(m) => Some(m),
-            Err(e) => {
-                eprintln!("fanout-worker: cannot install the metrics recorder: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

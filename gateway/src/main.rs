@@ -24,23 +24,12 @@ fn main() -> ExitCode {
         }
     };
     // Before the runtime: the trace exporter's blocking HTTP client must not be built inside one.
-    let _telemetry = match common::telemetry::init(&config.telemetry, &[]) {
+    let (_telemetry, metrics) = match common::telemetry::setup(&config.telemetry, "gateway", &[]) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("gateway: cannot set up logging and tracing: {e}");
+            eprintln!("gateway: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let metrics = if config.telemetry.metrics_enabled {
-        match common::telemetry::Metrics::install("gateway") {
-            Ok(m) => Some(m),
-            Err(e) => {
-                eprintln!("gateway: cannot install the metrics recorder: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -142,24 +142,10 @@ impl Registrar {
             .arg(def_json)
             .arg(request);
         let _: i64 = inv.invoke_async(&mut con).await?;
-        let _: String = redis::cmd("XADD")
-            .arg(self.keys.ctl())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(CTL_MAXLEN)
-            .arg("*")
-            .arg("op")
-            .arg("reg")
-            .arg("q")
-            .arg(id.to_string())
-            .arg("g")
-            .arg(&self.gateway_id)
-            .arg("f")
-            .arg(request)
-            .arg("d")
-            .arg(def_json)
-            .query_async(&mut con)
-            .await?;
+        let _: String =
+            common::scripts::ctl_entry(&self.keys, id, &self.gateway_id, Some((request, def_json)))
+                .query_async(&mut con)
+                .await?;
         Ok(())
     }
 
@@ -176,18 +162,7 @@ impl Registrar {
         }
         inv.arg(id.to_string()).arg(&self.gateway_id);
         let _: i64 = inv.invoke_async(&mut con).await?;
-        let _: String = redis::cmd("XADD")
-            .arg(self.keys.ctl())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(CTL_MAXLEN)
-            .arg("*")
-            .arg("op")
-            .arg("unreg")
-            .arg("q")
-            .arg(id.to_string())
-            .arg("g")
-            .arg(&self.gateway_id)
+        let _: String = common::scripts::ctl_entry(&self.keys, id, &self.gateway_id, None)
             .query_async(&mut con)
             .await?;
         Ok(())
@@ -319,6 +294,3 @@ impl Registrar {
             .await;
     }
 }
-
-/// Approximate length kept of the ctl stream (see `fanout_worker::fanout::CTL_MAXLEN`).
-const CTL_MAXLEN: usize = 100_000;
