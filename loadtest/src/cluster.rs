@@ -44,6 +44,8 @@ pub struct ClusterOptions {
     pub demo_schema: bool,
     /// Fixed port for the first gateway (0 = any free port).
     pub first_gateway_port: u16,
+    /// Extra PostgreSQL server settings (`name`, `value`), e.g. `track_commit_timestamp=on`.
+    pub postgres_settings: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             worker_env: Vec::new(),
             demo_schema: true,
             first_gateway_port: 0,
+            postgres_settings: Vec::new(),
         }
     }
 }
@@ -86,7 +89,12 @@ fn overlay(mut base: Vec<(String, String)>, extra: &[(String, String)]) -> Vec<(
 
 impl Cluster {
     pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
-        let postgres = Postgres::start().await?;
+        let settings: Vec<(&str, &str)> = opts
+            .postgres_settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let postgres = Postgres::start_with(&settings).await?;
         let redis = Redis::start().await?;
         let database = postgres.create_database("realtime").await?;
         let mut cluster = Cluster {

@@ -1,4 +1,4 @@
-//! `loadtest`: the local-cluster launcher and (later) the load generator.
+//! `loadtest`: the local-cluster launcher, the load-test harness (`run`) and its client agents.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +28,12 @@ enum Command {
     },
     /// Benchmark change capture: pgbench → PostgreSQL → fanout-worker → Redis stream.
     CaptureBench(loadtest::capture_bench::CaptureBenchArgs),
+    /// Run a load-test scenario against a cluster (or Directus) over the public protocol; writes
+    /// report.json and report.html. Exits non-zero when the run fails its correctness checks.
+    Run(Box<loadtest::scenario::RunArgs>),
+    /// Internal: a client process of `run` (spec and commands on stdin, events on stdout).
+    #[command(hide = true)]
+    Agent,
 }
 
 #[tokio::main]
@@ -39,6 +45,29 @@ async fn main() -> Result<()> {
             workers,
             port,
         } => up(gateways, workers, port).await,
+        Command::Run(args) => {
+            let cfg = loadtest::scenario::Config::resolve(&args)?;
+            let report = loadtest::harness::run(cfg.clone()).await?;
+            print!("{}", report.summary());
+            println!(
+                "report: {}/report.json, {}/report.html",
+                cfg.out.display(),
+                cfg.out.display()
+            );
+            if !report.passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Agent => {
+            // Exit at once: the stdin reader sits in a blocking read that would hold the runtime open
+            // until the harness closes the pipe.
+            let r = loadtest::agent::run_stdio().await;
+            if let Err(e) = &r {
+                eprintln!("loadtest agent: {e:#}");
+            }
+            std::process::exit(if r.is_ok() { 0 } else { 1 });
+        }
         Command::CaptureBench(args) => {
             let json_path = args.json.clone();
             let report = loadtest::capture_bench::run(args).await?;
