@@ -182,6 +182,49 @@ pub struct SubscribeRequest {
     pub uid: Option<Uid>,
 }
 
+/// A [`SubscribeRequest`] kept for the life of a subscription (to normalise it again when the
+/// connection's identity changes), in one allocation instead of a JSON tree: live subscriptions are
+/// the gateway's per-connection memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRequest {
+    collection: Box<str>,
+    event: Option<EventKind>,
+    item: Option<Box<str>>,
+    /// The `query` object as compact JSON.
+    query: Option<Box<str>>,
+}
+
+impl StoredRequest {
+    pub fn new(req: &SubscribeRequest) -> StoredRequest {
+        StoredRequest {
+            collection: req.collection.as_str().into(),
+            event: req.event,
+            item: req.item.as_deref().map(Into::into),
+            query: req
+                .query
+                .as_ref()
+                .map(|q| Json::Object(q.clone()).to_string().into_boxed_str()),
+        }
+    }
+
+    /// The request again (without its uid, which the subscription keeps itself).
+    pub fn request(&self) -> SubscribeRequest {
+        SubscribeRequest {
+            collection: self.collection.to_string(),
+            event: self.event,
+            item: self.item.as_deref().map(str::to_owned),
+            query: self
+                .query
+                .as_deref()
+                .and_then(|q| match serde_json::from_str(q) {
+                    Ok(Json::Object(m)) => Some(m),
+                    _ => None,
+                }),
+            uid: None,
+        }
+    }
+}
+
 /// A client message after envelope and shape validation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
@@ -659,6 +702,34 @@ mod tests {
                 .contains("Expected object, received string at \"query\"")
         );
         assert!(p(r#"{"type":"subscribe","collection":"a","item":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn stored_requests_round_trip() {
+        let ClientMessage::Subscribe(req) = parse_client_message(
+            br#"{"type":"subscribe","collection":"a","event":"update","item":7,"uid":"u","query":{"fields":["id","t"],"filter":{"t":{"_eq":"x"}},"limit":"10"}}"#,
+        )
+        .unwrap() else {
+            panic!("not a subscribe")
+        };
+        let back = StoredRequest::new(&req).request();
+        assert_eq!(
+            back,
+            SubscribeRequest {
+                uid: None,
+                ..req.clone()
+            }
+        );
+        let bare = SubscribeRequest {
+            query: None,
+            item: None,
+            event: None,
+            ..req
+        };
+        assert_eq!(
+            StoredRequest::new(&bare).request(),
+            SubscribeRequest { uid: None, ..bare }
+        );
     }
 
     #[test]

@@ -205,6 +205,16 @@ const PERMISSION_TTL: Duration = Duration::from_secs(5);
 /// Cap on cached (policies, collection) entries; the cache is cleared when it is exceeded.
 const PERMISSION_CACHE_MAX: usize = 10_000;
 
+/// How long a computed identity (roles, policies, admin/app access) is reused for further
+/// authentications of the same user from the same address. Thousands of connections of one user then
+/// share one `Accountability` (memory per connection) and cost one set of queries, not one each; a
+/// role or policy change reaches new authentications within this time, as permission changes do.
+const IDENTITY_TTL: Duration = Duration::from_secs(5);
+
+/// (user, role, client address) → identity, with when it was computed.
+type IdentityCache =
+    HashMap<(Option<String>, Option<String>, Option<IpAddr>), (Instant, Arc<Accountability>)>;
+
 /// Read rules per (policy set, collection), with when they were fetched.
 type PermissionCache = HashMap<(Vec<String>, String), (Instant, Vec<ReadRule>)>;
 
@@ -215,6 +225,7 @@ pub struct AuthService {
     refresh_ttl: Duration,
     stall: Duration,
     permissions: Mutex<PermissionCache>,
+    identities: Mutex<IdentityCache>,
 }
 
 impl AuthService {
@@ -226,7 +237,33 @@ impl AuthService {
             refresh_ttl: cfg.refresh_token_ttl,
             stall: cfg.login_stall,
             permissions: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// [`AuthService::accountability`], reused for [`IDENTITY_TTL`].
+    async fn shared_accountability(
+        &self,
+        user: Option<&str>,
+        role: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<Arc<Accountability>, AuthError> {
+        let key = (user.map(str::to_owned), role.map(str::to_owned), ip);
+        if let Some((at, acct)) = self.identities.lock().get(&key)
+            && at.elapsed() < IDENTITY_TTL
+        {
+            return Ok(acct.clone());
+        }
+        let acct = Arc::new(self.accountability(user, role, ip).await?);
+        let mut cache = self.identities.lock();
+        if cache.len() >= PERMISSION_CACHE_MAX {
+            cache.retain(|_, (at, _)| at.elapsed() < IDENTITY_TTL);
+            if cache.len() >= PERMISSION_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), acct.clone()));
+        Ok(acct)
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -495,10 +532,10 @@ impl AuthService {
             }
             let exp = claims["exp"].as_i64();
             let acct = self
-                .accountability(user.as_deref(), role.as_deref(), ip)
+                .shared_accountability(user.as_deref(), role.as_deref(), ip)
                 .await?;
             return Ok(Authenticated {
-                accountability: Arc::new(acct),
+                accountability: acct,
                 expires_at: exp,
                 refresh_token: None,
             });
@@ -515,10 +552,10 @@ impl AuthService {
         let user: String = row.get(0);
         let role: Option<String> = row.get(1);
         let acct = self
-            .accountability(Some(&user), role.as_deref(), ip)
+            .shared_accountability(Some(&user), role.as_deref(), ip)
             .await?;
         Ok(Authenticated {
-            accountability: Arc::new(acct),
+            accountability: acct,
             expires_at: None,
             refresh_token: None,
         })

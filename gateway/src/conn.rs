@@ -261,7 +261,8 @@ impl Conn {
         }
         // Our close frame is out; half-close and give the peer a moment to answer before dropping.
         let _ = self.stream.shutdown().await;
-        let mut scratch = [0u8; 1024];
+        // On the heap: a stack buffer would sit in every connection's future for its whole life.
+        let mut scratch = vec![0u8; 1024];
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             loop {
                 if self.stream.readable().await.is_err() {
@@ -514,7 +515,7 @@ impl Conn {
             .session
             .subscriptions()
             .iter()
-            .map(|s| (s.uid.clone(), s.data.request.clone()))
+            .map(|s| (s.uid.clone(), s.data.request.request()))
             .collect();
         self.pending = Some(Box::pin(async move {
             let mut out = Vec::with_capacity(subs.len());
@@ -596,7 +597,6 @@ impl Conn {
                         continue;
                     };
                     sub.data.id = query.id();
-                    sub.data.query = query.clone();
                     let (id, key, suffix) = (sub.data.id, sub.data.key, sub.data.suffix.clone());
                     let def: Arc<str> = query.canonical_json().into();
                     // No snapshot is re-sent (Directus sends none either): events continue from now.

@@ -444,11 +444,15 @@ async fn upgrade(
                 return;
             }
         };
-        let stream = parts.io.into_inner();
+        // Copy out what hyper read past the request and let its read buffer go now: kept in this
+        // future, it would hold hyper's whole buffer (8 KiB and more) for the connection's lifetime.
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        let leftover = read_buf.to_vec();
+        drop(read_buf);
         conn::serve(
             state,
-            stream,
-            parts.read_buf.to_vec(),
+            io.into_inner(),
+            leftover,
             Admission {
                 token,
                 public,

@@ -30,8 +30,8 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the connection keeps for a live subscription.
 #[derive(Debug)]
 pub struct ActiveSub {
-    pub request: SubscribeRequest,
-    pub query: Arc<NormalizedQuery>,
+    /// The request, to normalise it again when the connection's identity changes.
+    pub request: common::protocol::StoredRequest,
     pub id: QueryId,
     pub key: SubKey,
     /// `,"uid":"…"}`: what this subscriber appends to every shared event body.
@@ -276,8 +276,7 @@ pub async fn subscribe(
     match result {
         Ok((init, snap, until)) => Ok(Subscribed {
             sub: ActiveSub {
-                request: req,
-                query: Arc::new(query),
+                request: common::protocol::StoredRequest::new(&req),
                 id,
                 key,
                 suffix,
