@@ -167,6 +167,11 @@ impl Conn {
         let outbox = self.outbox.clone();
         // Frames that arrived together with the upgrade request.
         self.process_input();
+        // One timer for the connection's life, moved only when the next deadline changes: creating a
+        // timer on every wake-up (each event delivered) showed up as timer-wheel work in profiles.
+        let timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             self.flush();
             if self.peer_gone {
@@ -184,6 +189,12 @@ impl Conn {
                 Some(d) => Some(d),
                 None => earliest(self.session.next_deadline(), self.drain_at),
             };
+            if deadline != armed {
+                timer
+                    .as_mut()
+                    .reset(deadline.map_or_else(far_future, Into::into));
+                armed = deadline;
+            }
             let can_read = self.closing.is_none() && self.pending.is_none();
             tokio::select! {
                 ready = self.stream.readable(), if can_read => {
@@ -206,7 +217,9 @@ impl Conn {
                         self.peer_gone = true;
                     }
                 }
-                _ = sleep_until(deadline) => {
+                _ = &mut timer, if armed.is_some() => {
+                    // Fired: re-arm on the next round even if the deadline stays the same.
+                    armed = None;
                     if self.closing.is_none() {
                         if self.drain_at.is_some_and(|t| Instant::now() >= t) {
                             self.close(Some(close::SERVICE_RESTART), "server shutting down", CloseReason::Shutdown);
@@ -667,11 +680,9 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
+/// A deadline that never comes (for a timer with nothing to wait for).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// Counts an open `/websocket` connection for its lifetime.
