@@ -19,7 +19,7 @@ use common::schema::{Collection, Column};
 use common::value::{Datum, Kind};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fanout_worker::index::Index;
-use fanout_worker::matcher::{Frame, match_chunk};
+use fanout_worker::matcher::{Frame, Scope, match_chunk};
 use serde_json::json;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -137,7 +137,7 @@ fn chunk(room: i64) -> TxChunk {
 
 fn run(ix: &mut Index, chunk: &TxChunk, out: &mut Vec<Frame>) -> usize {
     out.clear();
-    match_chunk(ix, "public", chunk, None, out);
+    match_chunk(ix, "public", chunk, Scope::All, out);
     out.len()
 }
 

@@ -19,7 +19,8 @@
 
 use crate::config::WorkerConfig;
 use crate::index::Index;
-use crate::matcher::{Frame, match_chunk};
+use crate::index::Slot;
+use crate::matcher::{Frame, Scope as MatchScope, match_chunk};
 use crate::shards::Membership;
 use common::change::{StreamId, TxChunk};
 use common::delivery::{Position, append_entry, append_replay_done};
@@ -34,6 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Stream entries read per round trip during replays.
+const REPLAY_PAGE: usize = 256;
 /// How long one `XREAD` blocks when nothing arrives (bounds how late a membership tick can be).
 const BLOCK_MS: u64 = 200;
 /// Publish a gateway's message once it grows past this, even mid-batch (bounds memory per gateway).
@@ -57,7 +60,7 @@ pub struct FanoutStats {
 }
 
 #[derive(Debug)]
-enum Scope {
+enum Target {
     /// Catch a newly acquired shard up from its checkpoint (all its queries, all their gateways).
     Shard(u32),
     /// A registration asking for a replay: one query, one gateway. Ends with a replay-done entry
@@ -73,7 +76,7 @@ enum Scope {
 
 #[derive(Debug)]
 struct Replay {
-    scope: Scope,
+    target: Target,
     from: StreamId,
     to: StreamId,
 }
@@ -343,9 +346,9 @@ impl Loop<'_> {
     fn drop_shard(&mut self, n: u32) {
         self.index.remove_shard(n);
         self.loaded_at.remove(&n);
-        self.replays.retain(|r| match &r.scope {
-            Scope::Shard(s) => *s != n,
-            Scope::Query { shard, .. } => *shard != n,
+        self.replays.retain(|r| match &r.target {
+            Target::Shard(s) => *s != n,
+            Target::Query { shard, .. } => *shard != n,
         });
     }
 
@@ -394,7 +397,7 @@ impl Loop<'_> {
             && from < self.cursor
         {
             self.replays.push_front(Replay {
-                scope: Scope::Shard(n),
+                target: Target::Shard(n),
                 from,
                 to: self.cursor,
             });
@@ -418,7 +421,7 @@ impl Loop<'_> {
             return;
         };
         self.replays.push_back(Replay {
-            scope: Scope::Query {
+            target: Target::Query {
                 id,
                 gateway: gw.into(),
                 shard,
@@ -430,90 +433,152 @@ impl Loop<'_> {
         });
     }
 
-    /// Run queued replays: re-read part of the stream for a shard or one (query, gateway).
+    /// Run every queued replay in **one** pass over the stream: each chunk in the union of their ranges
+    /// is read and decoded once and matched against the queries of the replays whose range contains
+    /// it. (One pass per replay made a burst of registrations quadratic: ten thousand per-user
+    /// subscriptions each re-read the same lookback window.) Query replays then get their replay-done
+    /// entries, after everything before them was published.
     async fn run_replays(&mut self) -> anyhow::Result<()> {
-        while let Some(r) = self.replays.pop_front() {
-            self.stats.replays.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("realtime_replays_total").increment(1);
-            if r.from <= r.to
-                && r.from > StreamId::default()
-                && trimmed_past(&mut self.cmd, &self.keys.changes(), r.from).await?
-            {
-                tracing::error!(from = %r.from, "a replay starts before the oldest change still in the stream: events are missing (raise REALTIME_STREAM_MAX_AGE / REALTIME_STREAM_MAXLEN)");
-                metrics::counter!("realtime_stream_gaps_total").increment(1);
-            }
-            let mut start = r.from.to_string();
-            // Pages of the range until one comes back short (an empty range reads nothing).
-            let mut more = r.from <= r.to;
-            while more {
-                type Entries = Vec<(String, HashMap<String, redis::Value>)>;
-                let page: Entries = redis::cmd("XRANGE")
-                    .arg(self.keys.changes())
-                    .arg(&start)
-                    .arg(r.to.to_string())
-                    .arg("COUNT")
-                    .arg(256)
-                    .query_async(&mut self.cmd)
-                    .await?;
-                let Some((last_id, _)) = page.last() else {
-                    break;
-                };
-                start = format!("({last_id}");
-                more = page.len() == 256;
-                for (_, fields) in &page {
-                    let Some(chunk) = fields
-                        .get("d")
-                        .and_then(bytes)
-                        .and_then(|b| TxChunk::decode(b).ok())
-                    else {
-                        continue;
-                    };
-                    self.frames.clear();
-                    let mut frames = std::mem::take(&mut self.frames);
-                    match &r.scope {
-                        Scope::Query { id, gateway, .. } => {
-                            match_chunk(
-                                &mut self.index,
-                                &self.cfg.db_schema,
-                                &chunk,
-                                Some(*id),
-                                &mut frames,
-                            );
-                            for f in &frames {
-                                append(&mut self.out, gateway, f, &chunk);
-                            }
-                        }
-                        Scope::Shard(n) => {
-                            match_chunk(
-                                &mut self.index,
-                                &self.cfg.db_schema,
-                                &chunk,
-                                None,
-                                &mut frames,
-                            );
-                            for f in frames
-                                .iter()
-                                .filter(|f| self.index.get(f.slot).is_some_and(|e| e.shard == *n))
-                            {
-                                let entry = self.index.get(f.slot).expect("filtered");
-                                for gw in &entry.gateways {
-                                    append(&mut self.out, gw, f, &chunk);
-                                }
-                            }
-                        }
-                    }
-                    self.frames = frames;
-                    if self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE) {
-                        self.flush().await?;
+        if self.replays.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<Replay> = self.replays.drain(..).collect();
+        self.stats
+            .replays
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics::counter!("realtime_replays_total").increment(batch.len() as u64);
+        let from = batch.iter().map(|r| r.from).min().expect("non-empty");
+        let to = batch.iter().map(|r| r.to).max().expect("non-empty");
+        if from <= to
+            && from > StreamId::default()
+            && trimmed_past(&mut self.cmd, &self.keys.changes(), from).await?
+        {
+            tracing::error!(%from, replays = batch.len(), "a replay starts before the oldest change still in the stream: events are missing (raise REALTIME_STREAM_MAX_AGE / REALTIME_STREAM_MAXLEN)");
+            metrics::counter!("realtime_stream_gaps_total").increment(1);
+        }
+        // Who wants which chunk: shards (all their queries and gateways), and (query, gateway) pairs.
+        let mut shard_ranges: HashMap<u32, (StreamId, StreamId)> = HashMap::new();
+        let mut query_ranges: HashMap<Slot, Vec<(StreamId, StreamId, Arc<str>)>> = HashMap::new();
+        for r in &batch {
+            match &r.target {
+                Target::Shard(n) => {
+                    let e = shard_ranges.entry(*n).or_insert((r.from, r.to));
+                    *e = (e.0.min(r.from), e.1.max(r.to));
+                }
+                Target::Query { id, gateway, .. } => {
+                    if let Some(slot) = self.index.slot_of(id) {
+                        query_ranges
+                            .entry(slot)
+                            .or_default()
+                            .push((r.from, r.to, gateway.clone()));
                     }
                 }
             }
-            if let Scope::Query {
+        }
+        // The shard of every query a shard replay covers (the index is borrowed mutably while matching).
+        let shard_of_slot: HashMap<Slot, u32> = if shard_ranges.is_empty() {
+            HashMap::new()
+        } else {
+            self.index
+                .entries_with_slots()
+                .filter(|(_, e)| shard_ranges.contains_key(&e.shard))
+                .map(|(slot, e)| (slot, e.shard))
+                .collect()
+        };
+        let query_span = query_ranges.values().flatten().fold(
+            (
+                StreamId {
+                    lsn: u64::MAX,
+                    seq: u64::MAX,
+                },
+                StreamId::default(),
+            ),
+            |(lo, hi), (f, t, _)| (lo.min(*f), hi.max(*t)),
+        );
+        let mut start = from.to_string();
+        let mut more = from <= to && !(shard_ranges.is_empty() && query_ranges.is_empty());
+        while more {
+            type Entries = Vec<(String, HashMap<String, redis::Value>)>;
+            let page: Entries = redis::cmd("XRANGE")
+                .arg(self.keys.changes())
+                .arg(&start)
+                .arg(to.to_string())
+                .arg("COUNT")
+                .arg(REPLAY_PAGE)
+                .query_async(&mut self.cmd)
+                .await?;
+            let Some((last_id, _)) = page.last() else {
+                break;
+            };
+            start = format!("({last_id}");
+            more = page.len() == REPLAY_PAGE;
+            for (id, fields) in &page {
+                let Ok(at) = id.parse::<StreamId>() else {
+                    continue;
+                };
+                let within = |(f, t): (StreamId, StreamId)| f <= at && at <= t;
+                let shards: Vec<u32> = shard_ranges
+                    .iter()
+                    .filter(|(_, r)| within(**r))
+                    .map(|(n, _)| *n)
+                    .collect();
+                // Over-approximate (the union's bounds) to skip chunks cheaply; `wanted` is exact.
+                let any_query = within(query_span);
+                if shards.is_empty() && !any_query {
+                    continue;
+                }
+                let Some(chunk) = fields
+                    .get("d")
+                    .and_then(bytes)
+                    .and_then(|b| TxChunk::decode(b).ok())
+                else {
+                    continue;
+                };
+                let mut frames = std::mem::take(&mut self.frames);
+                frames.clear();
+                let wanted = |slot: Slot| {
+                    shard_of_slot.get(&slot).is_some_and(|n| shards.contains(n))
+                        || query_ranges
+                            .get(&slot)
+                            .is_some_and(|rs| rs.iter().any(|(f, t, _)| within((*f, *t))))
+                };
+                match_chunk(
+                    &mut self.index,
+                    &self.cfg.db_schema,
+                    &chunk,
+                    MatchScope::Where(&wanted),
+                    &mut frames,
+                );
+                for f in &frames {
+                    let Some(entry) = self.index.get(f.slot) else {
+                        continue;
+                    };
+                    if shards.contains(&entry.shard) {
+                        for gw in &entry.gateways {
+                            append(&mut self.out, gw, f, &chunk);
+                        }
+                    } else if let Some(rs) = query_ranges.get(&f.slot) {
+                        for (_, _, gw) in rs.iter().filter(|(f, t, _)| within((*f, *t))) {
+                            append(&mut self.out, gw, f, &chunk);
+                        }
+                    }
+                }
+                self.frames = frames;
+                if self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE) {
+                    self.flush().await?;
+                }
+            }
+        }
+        // Close the query replays, after what they replayed.
+        let mut done: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        for r in &batch {
+            if let Target::Query {
                 id,
                 gateway,
+                shard,
+                field,
                 request,
-                ..
-            } = &r.scope
+            } = &r.target
             {
                 let msg = self
                     .out
@@ -526,25 +591,18 @@ impl Loop<'_> {
                     idx: u16::MAX,
                 };
                 append_replay_done(msg, *id, upto, request.as_bytes());
+                done.push((
+                    vec![self.keys.shard_reg(*shard)],
+                    vec![field.clone(), request.clone()],
+                ));
             }
-            self.flush().await?;
-            if let Scope::Query {
-                shard,
-                field,
-                request,
-                ..
-            } = &r.scope
-            {
-                let _: i64 = self
-                    .scripts
-                    .replayed
-                    .prepare()
-                    .key(self.keys.shard_reg(*shard))
-                    .arg(field)
-                    .arg(request)
-                    .invoke_async(&mut self.cmd)
-                    .await?;
-            }
+        }
+        self.flush().await?;
+        if !done.is_empty() {
+            self.scripts
+                .replayed
+                .eval_each(&mut self.cmd, &done)
+                .await?;
         }
         Ok(())
     }
@@ -614,7 +672,7 @@ impl Loop<'_> {
                 &mut self.index,
                 &self.cfg.db_schema,
                 &chunk,
-                None,
+                MatchScope::All,
                 &mut frames,
             );
             for f in &frames {

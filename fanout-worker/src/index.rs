@@ -92,46 +92,35 @@ pub struct Index {
     generation: u32,
 }
 
-/// Pick the conjunct to file a query under: equality on the primary key first (item subscriptions), then
-/// any indexable equality, then an indexable `IN`.
-fn choose_key(q: &NormalizedQuery) -> Option<(String, Vec<IndexKey>)> {
+/// The conjuncts a query could be filed under: equality with one indexable value, or `IN` with up to 64.
+fn filing_options(q: &NormalizedQuery) -> Vec<(String, Vec<IndexKey>)> {
     let conds: Vec<&common::filter::Cond> = match &q.filter {
         Filter::Cond(c) => vec![c],
         Filter::And(parts) => parts
             .iter()
-            .filter_map(|p| {
-                if let Filter::Cond(c) = p {
-                    Some(c)
-                } else {
-                    None
-                }
+            .filter_map(|p| match p {
+                Filter::Cond(c) => Some(c),
+                _ => None,
             })
             .collect(),
         Filter::Or(_) => Vec::new(),
     };
-    let eq = |c: &common::filter::Cond| {
-        c.op == Op::Eq && c.args.len() == 1 && index_key(&c.kind, &c.args[0]).is_some()
-    };
-    let chosen = conds
-        .iter()
-        .copied()
-        .filter(|c| eq(c))
-        .find(|c| c.field == q.primary_key)
-        .or_else(|| conds.iter().copied().find(|c| eq(c)));
-    if let Some(c) = chosen {
-        return Some((
-            c.field.clone(),
-            vec![index_key(&c.kind, &c.args[0]).expect("checked")],
-        ));
-    }
     conds
-        .iter()
-        .filter(|c| c.op == Op::In && !c.args.is_empty() && c.args.len() <= 64)
-        .find_map(|c| {
+        .into_iter()
+        .filter_map(|c| {
+            let ok = match c.op {
+                Op::Eq => c.args.len() == 1,
+                Op::In => !c.args.is_empty() && c.args.len() <= 64,
+                _ => false,
+            };
+            if !ok {
+                return None;
+            }
             let keys: Option<Vec<IndexKey>> =
                 c.args.iter().map(|a| index_key(&c.kind, a)).collect();
             Some((c.field.clone(), keys?))
         })
+        .collect()
 }
 
 impl Index {
@@ -175,8 +164,30 @@ impl Index {
         true
     }
 
+    /// Pick the conjunct to file a query under: the one whose buckets hold the fewest queries now, so a
+    /// conjunct many queries share (`run = 7` beside `owner = $CURRENT_USER`) does not become one huge
+    /// bucket every change scans. Ties go to equality on the primary key (item subscriptions), then to
+    /// equality over `IN`, then to the column with more distinct values filed so far.
+    fn choose_key(&self, q: &NormalizedQuery) -> Option<(String, Vec<IndexKey>)> {
+        let coll = self.collections.get(&q.collection);
+        filing_options(q).into_iter().min_by_key(|(col, keys)| {
+            let buckets = coll.and_then(|c| c.eq.get(col));
+            let filed: usize = keys
+                .iter()
+                .map(|k| buckets.and_then(|b| b.get(k)).map_or(0, Vec::len))
+                .sum();
+            let distinct = buckets.map_or(0, HashMap::len);
+            (
+                filed,
+                *col != q.primary_key,
+                keys.len(),
+                std::cmp::Reverse(distinct),
+            )
+        })
+    }
+
     fn insert(&mut self, id: QueryId, shard: u32, def: Arc<NormalizedQuery>) -> Slot {
-        let filed = choose_key(&def);
+        let filed = self.choose_key(&def);
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -345,6 +356,14 @@ impl Index {
     pub fn entries(&self) -> impl Iterator<Item = &QueryEntry> {
         self.slots.iter().flatten()
     }
+
+    /// Every query with its slot.
+    pub fn entries_with_slots(&self) -> impl Iterator<Item = (Slot, &QueryEntry)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i as Slot, e)))
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +389,8 @@ mod tests {
                 c("id", Kind::Int4),
                 c("status", Kind::Varchar),
                 c("n", Kind::Float8),
+                c("grp", Kind::Int4),
+                c("owner", Kind::Int4),
             ],
         )
     }
@@ -460,12 +481,47 @@ mod tests {
         );
     }
 
+    /// Every query shares `grp = 1` (a run or tenant condition) and has its own `owner` (a per-user
+    /// permission): after the first, each is filed under its own owner, so a change looks at a handful
+    /// of candidates, not at all of them.
+    #[test]
+    fn a_conjunct_every_query_shares_is_not_where_they_are_filed() {
+        let mut ix = Index::default();
+        let mut ids = Vec::new();
+        for i in 0..1000 {
+            let d = q(
+                json!({"filter": {"_and": [{"grp": {"_eq": 1}}, {"owner": {"_eq": i}}]}}),
+                None,
+            );
+            ids.push(d.id());
+            ix.register(d.id(), 0, d, "g");
+        }
+        ix.next_generation();
+        let mut out = Vec::new();
+        ix.candidates(
+            "a",
+            |col| match col {
+                "grp" => Lookup::Key(IndexKey::Int(1)),
+                "owner" => Lookup::Key(IndexKey::Int(500)),
+                _ => Lookup::NoMatch,
+            },
+            &mut out,
+        );
+        let c: Vec<QueryId> = out.iter().map(|s| ix.get(*s).unwrap().id).collect();
+        assert!(c.contains(&ids[500]));
+        assert!(
+            c.len() <= 2,
+            "at most the first query shares a bucket with the rest: {} candidates",
+            c.len()
+        );
+    }
+
     #[test]
     fn floats_and_cross_type_values_are_not_indexed() {
         let f = q(json!({"filter": {"n": {"_eq": 1.5}}}), None);
-        assert!(choose_key(&f).is_none());
+        assert!(filing_options(&f).is_empty());
         let i = q(json!({"filter": {"id": {"_eq": 5.5}}}), None);
-        assert!(choose_key(&i).is_none(), "int column vs numeric value");
+        assert!(filing_options(&i).is_empty(), "int column vs numeric value");
         let _ = filter::Filter::TRUE;
     }
 }

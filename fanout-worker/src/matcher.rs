@@ -187,22 +187,32 @@ pub struct Frame {
 
 /// Match one chunk. `schema` is the PostgreSQL schema whose tables are collections; `only` restricts
 /// matching to one query (a replay for a new registration).
+/// Which of the index's queries a chunk is matched against.
+#[derive(Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    /// One query (a replay for one registration).
+    Query(QueryId),
+    /// The candidates the predicate keeps (replays for several shards and registrations at once).
+    Where(&'a dyn Fn(Slot) -> bool),
+}
+
 pub fn match_chunk(
     ix: &mut Index,
     schema: &str,
     chunk: &TxChunk,
-    only: Option<QueryId>,
+    scope: Scope<'_>,
     out: &mut Vec<Frame>,
 ) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut pending_at: HashMap<Slot, usize> = HashMap::new();
     let mut cands: Vec<Slot> = Vec::new();
-    let only_slot = match only {
-        Some(id) => match ix.slot_of(&id) {
+    let only_slot = match scope {
+        Scope::Query(id) => match ix.slot_of(&id) {
             Some(s) => Some(s),
             None => return,
         },
-        None => None,
+        Scope::All | Scope::Where(_) => None,
     };
     let mut contexts: HashMap<u32, Ctx> = HashMap::new();
 
@@ -261,6 +271,9 @@ pub fn match_chunk(
                 }
                 if let Some(r) = &old_row {
                     ix.candidates(&rel.table, |c| key_of(r, c), &mut cands);
+                }
+                if let Scope::Where(keep) = scope {
+                    cands.retain(|s| keep(*s));
                 }
             }
         }
@@ -436,7 +449,7 @@ mod tests {
     /// The frames each query gets, as the JSON a subscriber without uid would see.
     fn run(ix: &mut Index, c: &TxChunk) -> Vec<(QueryId, Json)> {
         let mut out = Vec::new();
-        match_chunk(ix, "public", c, None, &mut out);
+        match_chunk(ix, "public", c, Scope::All, &mut out);
         out.into_iter()
             .map(|f| {
                 let mut b = f.body.clone();
@@ -539,7 +552,7 @@ mod tests {
             true,
         );
         let mut frames: Vec<Frame> = Vec::new();
-        match_chunk(&mut ix, "public", &c, None, &mut frames);
+        match_chunk(&mut ix, "public", &c, Scope::All, &mut frames);
         let of = |q: &Arc<NormalizedQuery>| -> Vec<(Position, Json)> {
             frames
                 .iter()
@@ -652,10 +665,10 @@ mod tests {
         ix.register(b.id(), 0, b.clone(), "g");
         let c = chunk(vec![ins("1", "a", "x")], true);
         let mut out = Vec::new();
-        match_chunk(&mut ix, "public", &c, Some(b.id()), &mut out);
+        match_chunk(&mut ix, "public", &c, Scope::Query(b.id()), &mut out);
         assert_eq!(out.iter().map(|f| f.query).collect::<Vec<_>>(), [b.id()]);
         out.clear();
-        match_chunk(&mut ix, "other", &c, None, &mut out);
+        match_chunk(&mut ix, "other", &c, Scope::All, &mut out);
         assert!(out.is_empty());
     }
 }
