@@ -524,8 +524,14 @@ pub async fn run(cfg: Config) -> Result<Report> {
     let churn = cfg.scenario == Scenario::Churn;
     let planned = cfg.connections as u64;
     progress.phase("connect", if churn { 0 } else { planned });
+    // Generous: it only catches a run that hangs. Every subscription is one init snapshot on the
+    // servers, which do some thousands per second.
     let connect_deadline = Instant::now()
-        + Duration::from_secs_f64(120.0 + cfg.connections as f64 / cfg.ramp_up.max(100.0));
+        + Duration::from_secs_f64(
+            120.0
+                + cfg.connections as f64 / cfg.ramp_up.max(100.0)
+                + (cfg.connections * cfg.subs_per_conn) as f64 / 500.0,
+        );
     wait_for(
         &agg,
         connect_deadline,
