@@ -90,6 +90,9 @@ pub struct Index {
     /// Per slot, the generation in which it was last returned as a candidate (dedupes candidates).
     seen: Vec<u32>,
     generation: u32,
+    /// Gateway name → registrations naming it. Interns the names (a million registrations share a
+    /// few `Arc<str>`s) and lists the gateways without walking every query.
+    gateway_refs: HashMap<Arc<str>, usize>,
 }
 
 /// The conjuncts a query could be filed under: equality with one indexable value, or `IN` with up to 64.
@@ -156,12 +159,35 @@ impl Index {
             Some(&s) => s,
             None => self.insert(id, shard, def),
         };
-        let entry = self.slots[slot as usize].as_mut().expect("live slot");
-        if entry.gateways.iter().any(|g| &**g == gateway) {
+        if self.slots[slot as usize]
+            .as_ref()
+            .expect("live slot")
+            .gateways
+            .iter()
+            .any(|g| &**g == gateway)
+        {
             return false;
         }
-        entry.gateways.push(gateway.into());
+        let gw = match self.gateway_refs.get_key_value(gateway) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(gateway),
+        };
+        *self.gateway_refs.entry(gw.clone()).or_default() += 1;
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("live slot")
+            .gateways
+            .push(gw);
         true
+    }
+
+    fn release_gateway(&mut self, gateway: &str) {
+        if let Some(n) = self.gateway_refs.get_mut(gateway) {
+            *n -= 1;
+            if *n == 0 {
+                self.gateway_refs.remove(gateway);
+            }
+        }
     }
 
     /// Pick the conjunct to file a query under: the one whose buckets hold the fewest queries now, so a
@@ -223,8 +249,13 @@ impl Index {
             return false;
         };
         let entry = self.slots[slot as usize].as_mut().expect("live slot");
+        let before = entry.gateways.len();
         entry.gateways.retain(|g| &**g != gateway);
-        if entry.gateways.is_empty() {
+        let (removed, empty) = (entry.gateways.len() < before, entry.gateways.is_empty());
+        if removed {
+            self.release_gateway(gateway);
+        }
+        if empty {
             self.remove(id);
             return true;
         }
@@ -237,6 +268,9 @@ impl Index {
             return;
         };
         let entry = self.slots[slot as usize].take().expect("live slot");
+        for g in &entry.gateways {
+            self.release_gateway(g);
+        }
         if let Some(coll) = self.collections.get_mut(&entry.def.collection) {
             match &entry.filed {
                 Some((col, keys)) => {
@@ -290,14 +324,8 @@ impl Index {
 
     /// Every gateway referenced by any query.
     pub fn gateways(&self) -> Vec<Arc<str>> {
-        let mut out: Vec<Arc<str>> = self
-            .slots
-            .iter()
-            .flatten()
-            .flat_map(|e| e.gateways.iter().cloned())
-            .collect();
+        let mut out: Vec<Arc<str>> = self.gateway_refs.keys().cloned().collect();
         out.sort();
-        out.dedup();
         out
     }
 
@@ -453,6 +481,13 @@ mod tests {
             "same gateway twice"
         );
         assert!(ix.register(published.id(), 0, published.clone(), "g2"));
+        let names = |ix: &Index| {
+            ix.gateways()
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&ix), ["g1", "g2", "g3"]);
         let mut expect = vec![published.id(), residual.id(), all.id()];
         expect.sort();
         assert_eq!(cands(&mut ix, Some("published"), Some(1)), expect);
@@ -473,8 +508,10 @@ mod tests {
         assert!(ix.get_by_id(&published.id()).is_none());
         assert_eq!(ix.drop_gateway("g1"), vec![either.id(), item.id()]);
         assert_eq!(ix.len(), 2);
+        assert_eq!(names(&ix), ["g2", "g3"], "g1 dropped");
         ix.remove_shard(0);
         assert!(ix.is_empty());
+        assert!(ix.gateways().is_empty());
         assert!(
             ix.indexed_columns("a").is_empty(),
             "empty buckets are cleaned up"
