@@ -653,7 +653,10 @@ async fn live(
     }
     conn.send_raw(&batch).await?;
     drop(batch);
-    let w = wait_until(conn, s, &mut msgs, t + SETUP_TIMEOUT, Some(phase), |s| {
+    // A gateway answers one connection's subscribes one after another (each is an init snapshot), so
+    // the wait grows with how many this connection sent.
+    let wait = SETUP_TIMEOUT + Duration::from_millis(250) * s.subs.len() as u32;
+    let w = wait_until(conn, s, &mut msgs, t + wait, Some(phase), |s| {
         s.pending_init.iter().all(|p| !p)
     })
     .await?;

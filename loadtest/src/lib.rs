@@ -1,5 +1,5 @@
 //! The load-test harness and local-cluster launcher; its [`services`], [`client`] and [`cluster`] modules
-//! are also the real-service test harness every integration test uses.
+//! are also the real-service test harness every integration test uses ([`testkit`]: what the tests share).
 //!
 //! The harness (`loadtest run`), in the order a run uses it: [`scenario`] (flags, config file, plans) →
 //! [`harness`] (the run) → [`agent`] (client connections over [`wsconn`], in-process or as `loadtest
@@ -21,5 +21,6 @@ pub mod report;
 pub mod sampler;
 pub mod scenario;
 pub mod services;
+pub mod testkit;
 pub mod writer;
 pub mod wsconn;

@@ -3,6 +3,7 @@
 
 use loadtest::client::{Incoming, WsClient};
 use loadtest::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
+use loadtest::testkit::{self, admin_client, env};
 use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,12 +13,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(800);
 
 fn opts(gateways: usize, workers: usize) -> ClusterOptions {
-    let env = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>()
-    };
     ClusterOptions {
         gateways,
         workers,
@@ -32,23 +27,11 @@ fn opts(gateways: usize, workers: usize) -> ClusterOptions {
 }
 
 async fn client(c: &Cluster, gateway: usize) -> WsClient {
-    let mut ws = WsClient::connect(c.gateway_addr(gateway), "/websocket", &[])
-        .await
-        .unwrap()
-        .open()
-        .unwrap();
-    ws.send_json(&json!({"type":"auth","access_token":ADMIN_TOKEN}))
-        .await
-        .unwrap();
-    assert_eq!(ws.recv(WAIT).await.unwrap()["status"], "ok");
-    ws
+    admin_client(c.gateway_addr(gateway), WAIT).await
 }
 
 async fn subscribe(ws: &mut WsClient, msg: Json) -> Json {
-    ws.send_json(&msg).await.unwrap();
-    let r = ws.recv_skip_ping(WAIT).await.unwrap();
-    assert_eq!(r["type"], "subscription", "{r}");
-    r
+    testkit::subscribe(ws, msg, WAIT).await
 }
 
 /// The peer's own scenarios (spec §9: subscriptions, unsubscriptions, event filtering), on two gateways

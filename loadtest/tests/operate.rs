@@ -8,8 +8,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use loadtest::client::{Incoming, WsClient, http};
-use loadtest::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
+use loadtest::cluster::{Cluster, ClusterOptions};
 use loadtest::services::free_port;
+use loadtest::testkit::{self, admin_client, env, eventually};
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
@@ -17,42 +18,16 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 async fn client(addr: &str) -> WsClient {
-    let mut ws = WsClient::connect(addr, "/websocket", &[])
-        .await
-        .unwrap()
-        .open()
-        .unwrap();
-    ws.send_json(&json!({"type":"auth","access_token":ADMIN_TOKEN}))
-        .await
-        .unwrap();
-    assert_eq!(ws.recv(WAIT).await.unwrap()["status"], "ok");
-    ws.send_json(&json!({"type":"subscribe","collection":"messages","uid":"m","query":{"fields":["id","text"],"limit":1}}))
-        .await
-        .unwrap();
-    let init = ws.recv_skip_ping(WAIT).await.unwrap();
+    let mut ws = admin_client(addr, WAIT).await;
+    let init = testkit::subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"messages","uid":"m","query":{"fields":["id","text"],"limit":1}}),
+        WAIT,
+    )
+    .await;
     assert_eq!(init["event"], "init", "{init}");
     ws
-}
-
-/// Poll `f` every 20 ms until it is true or `wait` passes.
-async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + wait;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {

@@ -2,8 +2,9 @@
 //! (sharded pub/sub, keys spread over nodes) and a Sentinel-managed primary that fails over mid-stream.
 
 use loadtest::client::WsClient;
-use loadtest::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
+use loadtest::cluster::{Cluster, ClusterOptions};
 use loadtest::services::{Redis, free_port};
+use loadtest::testkit::{self, admin_client, env, eventually};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -17,41 +18,15 @@ async fn con(r: &Redis) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + wait;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 async fn subscriber(addr: &str) -> WsClient {
-    let mut ws = WsClient::connect(addr, "/websocket", &[])
-        .await
-        .unwrap()
-        .open()
-        .unwrap();
-    ws.send_json(&json!({"type":"auth","access_token":ADMIN_TOKEN}))
-        .await
-        .unwrap();
-    assert_eq!(ws.recv(WAIT).await.unwrap()["status"], "ok");
-    ws.send_json(
-        &json!({"type":"subscribe","collection":"messages","query":{"fields":["text"],"limit":1}}),
+    let mut ws = admin_client(addr, WAIT).await;
+    let init = testkit::subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"messages","query":{"fields":["text"],"limit":1}}),
+        WAIT,
     )
-    .await
-    .unwrap();
-    assert_eq!(ws.recv_skip_ping(WAIT).await.unwrap()["event"], "init");
+    .await;
+    assert_eq!(init["event"], "init");
     ws
 }
 
