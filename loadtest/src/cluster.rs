@@ -11,27 +11,9 @@ pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "admin-password";
 pub const ADMIN_TOKEN: &str = "admin-static-token";
 
-/// The demo schema: `articles` (author → directus_users) and `messages`, with a few rows.
-pub const DEMO_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS articles (
-    id serial PRIMARY KEY,
-    title varchar(255) NOT NULL,
-    status varchar(20) NOT NULL DEFAULT 'draft',
-    date_created timestamptz NOT NULL DEFAULT now(),
-    author uuid REFERENCES directus_users(id) ON DELETE SET NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id serial PRIMARY KEY,
-    text text NOT NULL,
-    user_created uuid REFERENCES directus_users(id) ON DELETE SET NULL,
-    date_created timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO articles (title, status, author)
-SELECT t.title, t.status, (SELECT id FROM directus_users ORDER BY email LIMIT 1)
-FROM (VALUES ('Hello realtime', 'published'), ('Draft ideas', 'draft'), ('Release notes', 'published')) AS t(title, status)
-WHERE NOT EXISTS (SELECT 1 FROM articles);
-INSERT INTO messages (text) SELECT 'Welcome!' WHERE NOT EXISTS (SELECT 1 FROM messages);
-"#;
+/// The demo schema: `articles` (author → directus_users) and `messages`, with a few rows. One file for
+/// `deploy/local/up`, the tests and the compose demo.
+pub const DEMO_SCHEMA: &str = include_str!("../../deploy/compose/demo-schema.sql");
 
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

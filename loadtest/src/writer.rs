@@ -128,6 +128,22 @@ pub fn table_ddl(collection: &str) -> String {
     )
 }
 
+/// What every writer starts with: its log, its random stream (seeded per writer, so runs repeat) and
+/// its pacer.
+fn writer_state(plan: &WritePlan, index: u32) -> (WriterLog, rand::rngs::StdRng, Pacer) {
+    let log = WriterLog {
+        writer: index,
+        ..Default::default()
+    };
+    let rng = rand::rngs::StdRng::seed_from_u64(
+        plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let pacer = Pacer {
+        next: Instant::now(),
+    };
+    (log, rng, pacer)
+}
+
 /// Paces writes: when is the next one due at the current rate?
 struct Pacer {
     next: Instant,
@@ -188,16 +204,7 @@ pub async fn sql_writer(
             &[Type::INT8, Type::INT4, Type::INT4, Type::INT4, Type::TEXT, Type::INT8, Type::TEXT],
         )
         .await?;
-    let mut log = WriterLog {
-        writer: index,
-        ..Default::default()
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(
-        plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    let mut pacer = Pacer {
-        next: Instant::now(),
-    };
+    let (mut log, mut rng, mut pacer) = writer_state(&plan, index);
     let mut inflight = FuturesOrdered::new();
     let mut seq: u32 = 0;
     let (client, stmt, payload) = (&client, &stmt, &*plan.payload);
@@ -412,16 +419,7 @@ pub async fn rest_writer(
     sh: Arc<WriterShared>,
 ) -> Result<WriterLog> {
     let mut client = RestClient::connect(target, token).await?;
-    let mut log = WriterLog {
-        writer: index,
-        ..Default::default()
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(
-        plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    let mut pacer = Pacer {
-        next: Instant::now(),
-    };
+    let (mut log, mut rng, mut pacer) = writer_state(&plan, index);
     let mut seq: u32 = 0;
     while !sh.stopped() {
         let Some(at) = pacer.due(&sh, plan.writers) else {

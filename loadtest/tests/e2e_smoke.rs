@@ -1,5 +1,5 @@
-use loadtest::client::WsClient;
-use loadtest::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
+use loadtest::cluster::{Cluster, ClusterOptions};
+use loadtest::testkit::admin_client;
 use serde_json::json;
 use std::time::Duration;
 
@@ -12,18 +12,7 @@ async fn sql_write_reaches_a_subscriber() {
     })
     .await
     .unwrap();
-    let mut ws = WsClient::connect(c.gateway_addr(0), "/websocket", &[])
-        .await
-        .unwrap()
-        .open()
-        .unwrap();
-    ws.send_json(&json!({"type":"auth","access_token":ADMIN_TOKEN}))
-        .await
-        .unwrap();
-    assert_eq!(
-        ws.recv(Duration::from_secs(10)).await.unwrap()["status"],
-        "ok"
-    );
+    let mut ws = admin_client(c.gateway_addr(0), Duration::from_secs(10)).await;
     ws.send_json(&json!({"type":"subscribe","collection":"articles","uid":"a","query":{"fields":["id","title"]}})).await.unwrap();
     let init = ws.recv(Duration::from_secs(10)).await.unwrap();
     assert_eq!(init["event"], "init", "{init}");
