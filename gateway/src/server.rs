@@ -68,7 +68,7 @@ impl Gateway {
             .await
             .context("load the schema")?;
         tracing::info!(collections = schema.len(), schema = %config.db_schema, "schema loaded");
-        let listener = TcpListener::bind((config.host.as_str(), config.port))
+        let listener = bind_listener(&config.host, config.port)
             .await
             .with_context(|| format!("bind {}:{}", config.host, config.port))?;
         let admin = match config.admin_port {
@@ -213,6 +213,28 @@ impl Gateway {
             t.abort();
         }
     }
+}
+
+/// Pending connections the kernel may queue before `accept`. Thousands of clients reconnecting at once
+/// (a restarted gateway, a drain elsewhere) overflow a small backlog, and every dropped SYN costs its
+/// client a 1 s retransmit; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn bind_listener(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to bind")))
 }
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
