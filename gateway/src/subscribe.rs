@@ -215,9 +215,10 @@ pub async fn subscribe(
     let suffix = suffix_for(uid);
     let mut client = state.pool.get().await.map_err(|_| unavailable())?;
 
-    // The position before the snapshot; a new registration replays from a little before it.
+    // The position before the snapshot; a new registration replays from a little before it. The
+    // *insert* position, like `until` below (see there).
     let before: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map_err(|_| unavailable())?
         .get(0);
@@ -262,8 +263,13 @@ pub async fn subscribe(
             let (data, meta) = read_snapshot(state, &tx, &coll, &query, &snapshot).await?;
             protocol::init_frame(Some(&data), meta.as_deref(), Some(uid))
         };
+        // Every transaction this snapshot sees inserted its commit record before this point, so a
+        // change whose commit LSN is above it is one the snapshot cannot contain. It must be the WAL
+        // *insert* position: `pg_current_wal_lsn()` is the write position, which trails commits that
+        // did not wait for their WAL (`synchronous_commit = off`, up to the WAL writer's delay), and
+        // changes the snapshot already held were delivered again after `init` (issue 11).
         let after: String = tx
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .map_err(|_| unavailable())?
             .get(0);
