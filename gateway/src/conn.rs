@@ -502,6 +502,10 @@ impl Conn {
                     for sub in subs {
                         detach(&self.state, sub.id, sub.key);
                     }
+                    // Detached: nothing more is queued for them. What was queued already goes out now,
+                    // ahead of the confirmation the session sends next, so no event of an ended
+                    // subscription ever follows its confirmation.
+                    self.drain_outbox();
                 }
             }
         }
