@@ -277,6 +277,7 @@ pub async fn setup(pg: &tokio_postgres::Client, cfg: &WorkerConfig) -> anyhow::R
         }
         if c.replica_identity_full {
             ensure_identity_full(pg, cfg).await?;
+            install_identity_trigger(pg, cfg).await;
         }
         anyhow::Ok(())
     }
@@ -322,6 +323,73 @@ async fn ensure_identity_full(
         }
     }
     Ok(())
+}
+
+/// Name of the event trigger (and its function) that gives new tables `REPLICA IDENTITY FULL`.
+const IDENTITY_TRIGGER: &str = "realtime_replica_identity_full";
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The statements that install the event trigger setting `REPLICA IDENTITY FULL` on every table created
+/// in the schema (except excluded ones), inside the `CREATE TABLE` itself.
+///
+/// Why a trigger: setting it when capture first sees a new table's changes leaves a window. The first
+/// updates and deletes of a table created a moment ago carry only the key, so the matcher cannot tell
+/// whether a subscription could see the old row and sends it a `delete` it should not get (found by
+/// the randomized init test: a new table, writes, and subscribes within milliseconds). A trigger that
+/// fails must not fail the user's `CREATE TABLE`, hence the exception block.
+fn identity_trigger_sql(schema: &str, exclude: &[String]) -> String {
+    let excluded = if exclude.is_empty() {
+        "ARRAY[]::text[]".to_owned()
+    } else {
+        let items: Vec<String> = exclude.iter().map(|t| sql_literal(t)).collect();
+        format!("ARRAY[{}]::text[]", items.join(", "))
+    };
+    let schema_ident = common::sql::ident(schema);
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {schema_ident}.{IDENTITY_TRIGGER}() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  obj record;
+BEGIN
+  FOR obj IN
+    SELECT d.objid, d.object_identity FROM pg_event_trigger_ddl_commands() d
+    JOIN pg_class c ON c.oid = d.objid
+    WHERE d.object_type = 'table' AND d.schema_name = {schema_lit}
+      AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+      AND c.relname <> ALL ({excluded})
+  LOOP
+    BEGIN
+      EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', obj.object_identity);
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'realtime: could not set REPLICA IDENTITY FULL on %: %', obj.object_identity, SQLERRM;
+    END;
+  END LOOP;
+END
+$fn$;
+DROP EVENT TRIGGER IF EXISTS {IDENTITY_TRIGGER};
+CREATE EVENT TRIGGER {IDENTITY_TRIGGER} ON ddl_command_end
+  WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+  EXECUTE FUNCTION {schema_ident}.{IDENTITY_TRIGGER}();"#,
+        schema_lit = sql_literal(schema),
+    )
+}
+
+/// Install the trigger of [`identity_trigger_sql`]. Event triggers need a superuser; without one, new
+/// tables still get `REPLICA IDENTITY FULL` when capture first sees them (with the window described
+/// there), and the reason is logged once per start.
+async fn install_identity_trigger(pg: &tokio_postgres::Client, cfg: &WorkerConfig) {
+    // One simple-query string runs as one transaction: a refusal leaves nothing half-installed.
+    let sql = identity_trigger_sql(&cfg.db_schema, &cfg.capture.exclude);
+    match pg.batch_execute(&sql).await {
+        Ok(()) => tracing::debug!(trigger = IDENTITY_TRIGGER, "event trigger installed"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not install the event trigger that gives new tables REPLICA IDENTITY FULL at creation (needs a superuser); new tables get it when capture first sees them, and until then an update or delete of theirs may send a delete to subscriptions that never saw the row"
+        ),
+    }
 }
 
 /// A table without `REPLICA IDENTITY FULL` just appeared in the stream (created after capture started):
@@ -767,5 +835,21 @@ mod tests {
             "one behind"
         );
         assert_eq!(confirmable(900, None, &[id(300, 2)]), 300);
+    }
+
+    #[test]
+    fn identity_trigger_quotes_schema_and_excluded_tables() {
+        let sql =
+            identity_trigger_sql("my\"schema", &["o'hare".into(), "directus_sessions".into()]);
+        assert!(
+            sql.contains("\"my\"\"schema\".realtime_replica_identity_full()"),
+            "{sql}"
+        );
+        assert!(sql.contains("d.schema_name = 'my\"schema'"), "{sql}");
+        assert!(
+            sql.contains("ARRAY['o''hare', 'directus_sessions']::text[]"),
+            "{sql}"
+        );
+        assert!(identity_trigger_sql("public", &[]).contains("ARRAY[]::text[]"));
     }
 }

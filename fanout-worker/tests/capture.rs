@@ -514,3 +514,84 @@ async fn new_tables_are_picked_up() {
         })
     );
 }
+
+/// A table created while capture runs has `REPLICA IDENTITY FULL` from its `CREATE TABLE` on (an event
+/// trigger the worker installs), so even its very first update and delete carry the whole old row. Set
+/// only when capture first saw the table, the first changes carried the key alone, and subscriptions
+/// got deletes of rows they never saw.
+#[tokio::test]
+async fn tables_created_later_are_full_from_their_first_change() {
+    let mut env = Env::start(SCHEMA).await;
+    env.spawn_worker(&[]).await;
+    let status_wait = std::time::Instant::now() + WAIT;
+    while env.capture_status(0).await["capturing"] != true {
+        assert!(
+            std::time::Instant::now() < status_wait,
+            "capture never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sql = env.sql().await;
+    sql.batch_execute(
+        "CREATE TABLE fresh (id int PRIMARY KEY, v text); \
+         INSERT INTO fresh VALUES (1, 'a'), (2, 'b'); UPDATE fresh SET v = 'c' WHERE id = 1; \
+         DELETE FROM fresh WHERE id = 2; CREATE TABLE directus_sessions_copy AS SELECT 1 AS x",
+    )
+    .await
+    .unwrap();
+    let ident = |t: &'static str| {
+        let sql = &sql;
+        async move {
+            let r = sql
+                .query_one(
+                    "SELECT relreplident::text FROM pg_class WHERE relname = $1",
+                    &[&t],
+                )
+                .await
+                .unwrap();
+            r.get::<_, String>(0)
+        }
+    };
+    assert_eq!(ident("fresh").await, "f");
+    assert_eq!(
+        ident("directus_sessions_copy").await,
+        "f",
+        "CREATE TABLE AS too"
+    );
+    let stream = env
+        .wait_stream(WAIT, |s| {
+            s.iter().any(|(_, c)| {
+                c.changes
+                    .iter()
+                    .any(|ch| matches!(ch, Change::Delete { .. }))
+            })
+        })
+        .await;
+    let olds: Vec<OldRow> = stream
+        .iter()
+        .flat_map(|(_, c)| &c.changes)
+        .filter_map(|ch| match ch {
+            Change::Update { old, .. } => old.clone(),
+            Change::Delete { old, .. } => Some(old.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        olds,
+        vec![
+            OldRow {
+                key_only: false,
+                cells: vec![t("1"), t("a")]
+            },
+            OldRow {
+                key_only: false,
+                cells: vec![t("2"), t("b")]
+            },
+        ]
+    );
+    // An excluded table is left as it was: its changes never leave the worker anyway.
+    sql.batch_execute("CREATE TABLE directus_migrations (version text PRIMARY KEY)")
+        .await
+        .unwrap();
+    assert_eq!(ident("directus_migrations").await, "d");
+}
