@@ -19,10 +19,12 @@
 //! - [`redis`]: connections, subscriptions and multi-slot commands for every Redis deployment.
 //! - [`ws`]: RFC 6455 framing.
 //! - [`delivery`]: positions, the worker→gateway batch format, snapshot visibility.
+//! - [`ctl`]: registrations, replay requests and ctl stream entries, encoded and decoded in one place.
 //! - [`change`]: captured transactions as they travel through the Redis change stream.
 //! - [`env`]: configuration from environment variables.
 
 pub mod change;
+pub mod ctl;
 pub mod delivery;
 pub mod env;
 pub mod filter;

@@ -23,6 +23,7 @@ use crate::index::Slot;
 use crate::matcher::{Frame, Scope as MatchScope, match_chunk};
 use crate::shards::Membership;
 use common::change::{StreamId, TxChunk};
+use common::ctl::{self, CtlEntry, RegField, ReplayRequest};
 use common::delivery::{Position, append_entry, append_replay_done};
 use common::keys::Keys;
 use common::normalize::{NormalizedQuery, QueryId};
@@ -69,8 +70,7 @@ enum Target {
         id: QueryId,
         gateway: Arc<str>,
         shard: u32,
-        field: String,
-        request: String,
+        request: ReplayRequest,
     },
 }
 
@@ -364,12 +364,12 @@ impl Loop<'_> {
             .key(self.keys.shard_reg(n))
             .invoke_async(&mut self.cmd)
             .await?;
-        let mut parsed: HashMap<String, Arc<NormalizedQuery>> = HashMap::new();
+        let mut parsed: HashMap<QueryId, Arc<NormalizedQuery>> = HashMap::new();
         for pair in defs.chunks(2) {
             if let [id, json] = pair {
                 match serde_json::from_str::<NormalizedQuery>(json) {
                     Ok(q) if q.id().to_string() == *id => {
-                        parsed.insert(id.clone(), Arc::new(q));
+                        parsed.insert(q.id(), Arc::new(q));
                     }
                     _ => {
                         tracing::warn!(shard = n, query = %id, "ignoring an unreadable query definition")
@@ -378,15 +378,19 @@ impl Loop<'_> {
             }
         }
         for pair in regs.chunks(2) {
-            let [field, request] = pair else { continue };
-            let Some((qid, gw)) = field.split_once('|') else {
+            let [field, replay] = pair else { continue };
+            let (Some(reg), Some(replay)) = (
+                RegField::decode(field),
+                ctl::Replay::decode(replay.as_bytes()),
+            ) else {
+                tracing::warn!(shard = n, field = %field, "ignoring an unreadable registration");
                 continue;
             };
-            let (Some(def), Ok(id)) = (parsed.get(qid), qid.parse::<QueryId>()) else {
+            let Some(def) = parsed.get(&reg.query) else {
                 continue;
             };
-            self.index.register(id, n, def.clone(), gw);
-            self.schedule_query_replay(id, gw, n, field, request);
+            self.index.register(reg.query, n, def.clone(), &reg.gateway);
+            self.schedule_query_replay(reg.query, &reg.gateway, n, replay);
         }
         self.loaded_at.insert(n, at);
         let ckpt: Option<String> = redis::cmd("GET")
@@ -406,18 +410,10 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Queue the replay a registration asks for (`request` is `<LSN>@<token>`, or `-` for none). A
-    /// replay starting after the cursor re-reads nothing but still sends its replay-done entry, which
-    /// the gateway is waiting for.
-    fn schedule_query_replay(
-        &mut self,
-        id: QueryId,
-        gw: &str,
-        shard: u32,
-        field: &str,
-        request: &str,
-    ) {
-        let Some(lsn) = common::scripts::replay_request_lsn(request) else {
+    /// Queue the replay a registration asks for, if any. A replay starting after the cursor re-reads
+    /// nothing but still sends its replay-done entry, which the gateway is waiting for.
+    fn schedule_query_replay(&mut self, id: QueryId, gw: &str, shard: u32, replay: ctl::Replay) {
+        let ctl::Replay::From(request) = replay else {
             return;
         };
         self.replays.push_back(Replay {
@@ -425,10 +421,12 @@ impl Loop<'_> {
                 id,
                 gateway: gw.into(),
                 shard,
-                field: field.to_owned(),
-                request: request.to_owned(),
+                request,
             },
-            from: StreamId { lsn, seq: 0 },
+            from: StreamId {
+                lsn: request.from,
+                seq: 0,
+            },
             to: self.cursor,
         });
     }
@@ -576,7 +574,6 @@ impl Loop<'_> {
                 id,
                 gateway,
                 shard,
-                field,
                 request,
             } = &r.target
             {
@@ -590,10 +587,15 @@ impl Loop<'_> {
                     seq: r.to.seq as u32,
                     idx: u16::MAX,
                 };
+                let request = request.encode();
                 append_replay_done(msg, *id, upto, request.as_bytes());
                 done.push((
                     vec![self.keys.shard_reg(*shard)],
-                    vec![field.clone(), request.clone()],
+                    vec![
+                        RegField::new(*id, gateway).encode(),
+                        request,
+                        ctl::Replay::served().to_owned(),
+                    ],
                 ));
             }
         }
@@ -716,35 +718,37 @@ impl Loop<'_> {
 
     /// Apply a ctl entry if it concerns an owned shard and is newer than that shard's load.
     fn apply_ctl(&mut self, at: StreamId, map: &HashMap<String, redis::Value>) {
-        let get = |k: &str| map.get(k).and_then(text);
-        let (Some(op), Some(qid), Some(gw)) = (get("op"), get("q"), get("g")) else {
-            return;
+        let entry = match CtlEntry::decode(|k| map.get(k).and_then(bytes)) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(id = %at, error = %e, "ignoring an unreadable ctl entry");
+                return;
+            }
         };
-        let Ok(id) = qid.parse::<QueryId>() else {
-            return;
-        };
-        let n = shard_of(id, self.cfg.shards);
+        let n = shard_of(entry.query(), self.cfg.shards);
         if self.loaded_at.get(&n).is_none_or(|loaded| at <= *loaded) {
             return; // not ours, or already part of what we loaded
         }
-        match op.as_str() {
-            "reg" => {
-                let Some(def) = get("d")
-                    .and_then(|d| serde_json::from_str::<NormalizedQuery>(&d).ok())
-                    .filter(|q| q.id() == id)
+        match entry {
+            CtlEntry::Register {
+                query,
+                gateway,
+                replay,
+                definition,
+            } => {
+                let Some(def) = serde_json::from_str::<NormalizedQuery>(&definition)
+                    .ok()
+                    .filter(|q| q.id() == query)
                 else {
-                    tracing::warn!(query = %qid, "ignoring a registration with an unreadable definition");
+                    tracing::warn!(query = %query, "ignoring a registration with an unreadable definition");
                     return;
                 };
-                self.index.register(id, n, Arc::new(def), &gw);
-                let request = get("f").unwrap_or_else(|| "-".into());
-                let field = format!("{qid}|{gw}");
-                self.schedule_query_replay(id, &gw, n, &field, &request);
+                self.index.register(query, n, Arc::new(def), &gateway);
+                self.schedule_query_replay(query, &gateway, n, replay);
             }
-            "unreg" => {
-                self.index.unregister(&id, &gw);
+            CtlEntry::Unregister { query, gateway } => {
+                self.index.unregister(&query, &gateway);
             }
-            _ => {}
         }
     }
 
@@ -838,10 +842,14 @@ impl Loop<'_> {
                     .key(self.keys.shard_reg(n))
                     .key(self.keys.shard_refs(n))
                     .arg(id.to_string())
-                    .arg(&**gw)
+                    .arg(RegField::new(id, gw).encode())
                     .invoke_async(&mut self.cmd)
                     .await?;
-                let _: String = common::scripts::ctl_entry(&self.keys, id, gw, None)
+                let entry = CtlEntry::Unregister {
+                    query: id,
+                    gateway: gw.to_string(),
+                };
+                let _: String = common::scripts::ctl_entry(&self.keys, &entry)
                     .query_async(&mut self.cmd)
                     .await?;
             }

@@ -41,9 +41,9 @@ pub struct Membership {
     lease: Duration,
     keys: Keys,
     pub owned: BTreeSet<u32>,
-    renew: Lua,
+    /// Takes a free lease or renews ours: acquiring and renewing are the same script.
+    lease_script: Lua,
     release: Lua,
-    acquire: Lua,
 }
 
 fn now_ms() -> u64 {
@@ -61,9 +61,8 @@ impl Membership {
             lease,
             keys,
             owned: BTreeSet::new(),
-            renew: Lua::new(common::scripts::RENEW),
+            lease_script: Lua::new(common::scripts::LEASE),
             release: Lua::new(common::scripts::RELEASE),
-            acquire: Lua::new(common::scripts::ACQUIRE),
         }
     }
 
@@ -91,7 +90,7 @@ impl Membership {
         live.sort();
         let mut changes = Changes::default();
         let owned: Vec<u32> = self.owned.iter().copied().collect();
-        let held = self.each(con, &self.renew, &owned, lease_ms).await?;
+        let held = self.each(con, &self.lease_script, &owned, lease_ms).await?;
         for (n, ok) in owned.iter().zip(held) {
             if !ok {
                 self.owned.remove(n);
@@ -108,7 +107,9 @@ impl Membership {
                 wanted.push(n);
             }
         }
-        let got = self.each(con, &self.acquire, &wanted, lease_ms).await?;
+        let got = self
+            .each(con, &self.lease_script, &wanted, lease_ms)
+            .await?;
         for (n, ok) in wanted.iter().zip(got) {
             if ok {
                 self.owned.insert(*n);

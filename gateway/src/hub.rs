@@ -19,6 +19,7 @@
 
 use crate::outbox::Outbox;
 use bytes::Bytes;
+use common::ctl::ReplayRequest;
 use common::delivery::{EntryKind, PgSnapshot, Position, decode_batch};
 use common::normalize::QueryId;
 use parking_lot::Mutex;
@@ -71,8 +72,8 @@ struct LocalQuery {
 
 /// A query waiting for the end of the replay it asked for after a possible loss.
 struct Recovery {
-    /// The replay request (`<LSN>@<token>`) whose replay-done entry ends the recovery.
-    request: String,
+    /// The replay request whose replay-done entry ends the recovery.
+    request: ReplayRequest,
     held: Vec<Held>,
     bytes: usize,
 }
@@ -228,7 +229,7 @@ impl Hub {
                 let answered = lq
                     .recovery
                     .as_ref()
-                    .is_some_and(|r| r.request.as_bytes() == &body[..]);
+                    .is_some_and(|r| ReplayRequest::decode(&body) == Some(r.request));
                 if answered {
                     let mut held = lq.recovery.take().expect("checked").held;
                     held.sort_by_key(|h| h.pos);
@@ -269,8 +270,8 @@ impl Hub {
     /// new registration ends. `request` makes each query's replay request. Returns what to register.
     pub fn begin_recovery(
         &self,
-        mut request: impl FnMut(u64) -> String,
-    ) -> Vec<(Reregistration, String)> {
+        mut request: impl FnMut(u64) -> ReplayRequest,
+    ) -> Vec<(Reregistration, ReplayRequest)> {
         let mut out = Vec::new();
         for stripe in &self.stripes {
             for (id, lq) in stripe.lock().iter_mut() {
@@ -282,7 +283,7 @@ impl Hub {
                 let req = request(from);
                 // Anything held for an earlier request is re-sent by the new replay.
                 lq.recovery = Some(Recovery {
-                    request: req.clone(),
+                    request: req,
                     held: Vec::new(),
                     bytes: 0,
                 });
@@ -532,9 +533,9 @@ mod tests {
         assert_eq!(drained(&o), ["a"]);
         // The subscription dropped: 101 and 102 were lost. Re-register from what was delivered.
         let mut n = 0;
-        let mut regs = hub.begin_recovery(|lsn| {
+        let mut regs = hub.begin_recovery(|from| {
             n += 1;
-            format!("{lsn}@{n}")
+            ReplayRequest { from, token: n }
         });
         regs.sort_by_key(|r| r.0.id);
         assert_eq!(
@@ -542,23 +543,26 @@ mod tests {
             [100, 500],
             "last delivered, or the original replay start when nothing was"
         );
-        let token = regs[0].1.clone();
+        let token = regs[0].1;
         // A live event overtakes the replay: held, not delivered (it would raise the floor past 101).
         hub.deliver(batch(&[(1, 103, 0, 1, "d")]));
         assert!(o.drain().is_empty());
         hub.deliver(batch(&[(1, 101, 0, 1, "b"), (1, 102, 0, 1, "c")]));
         // A replay-done for some other request changes nothing.
-        let done = |req: &str| {
+        let done = |req: ReplayRequest| {
             let mut m = common::delivery::start_batch();
             common::delivery::append_replay_done(
                 &mut m,
                 QueryId(1),
                 Position::ZERO,
-                req.as_bytes(),
+                req.encode().as_bytes(),
             );
             Bytes::from(m)
         };
-        hub.deliver(done("100@999"));
+        hub.deliver(done(ReplayRequest {
+            from: 100,
+            token: 999,
+        }));
         assert!(o.drain().is_empty());
         assert_eq!(hub.recovering(), 2);
         // The replay re-sends 101..103, then ends: everything once, in order.
@@ -567,7 +571,7 @@ mod tests {
             (1, 102, 0, 1, "c"),
             (1, 103, 0, 1, "d"),
         ]));
-        hub.deliver(done(&token));
+        hub.deliver(done(token));
         assert_eq!(drained(&o), ["b", "c", "d"]);
         assert_eq!(hub.recovering(), 1);
         hub.deliver(batch(&[(1, 104, 0, 1, "e"), (1, 103, 0, 1, "d")]));
@@ -581,7 +585,7 @@ mod tests {
         let k = SubKey { conn: 1, sub: 1 };
         hub.attach(QueryId(1), "q".into(), 0, k, o.clone(), Bytes::new());
         hub.activate(QueryId(1), k, None, 0);
-        hub.begin_recovery(|l| format!("{l}@1"));
+        hub.begin_recovery(|from| ReplayRequest { from, token: 1 });
         let big = "x".repeat(1 << 20);
         for i in 0..(RECOVERY_BUFFER_BYTES >> 20) as u64 + 1 {
             hub.deliver(batch(&[(1, 10 + i, 0, 1, big.as_str())]));

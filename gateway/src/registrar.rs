@@ -14,6 +14,7 @@
 //!   registrations.
 
 use crate::hub::Hub;
+use common::ctl::{CtlEntry, RegField, Replay, ReplayRequest};
 use common::keys::Keys;
 use common::normalize::QueryId;
 use common::redis::{Conn, Lua, Redis, SubEvent};
@@ -94,8 +95,11 @@ impl Registrar {
     }
 
     /// A new replay request for commit LSN `from`.
-    pub fn replay_request(&self, from: u64) -> String {
-        common::scripts::replay_request(from, self.tokens.fetch_add(1, Ordering::Relaxed))
+    pub fn replay_request(&self, from: u64) -> ReplayRequest {
+        ReplayRequest {
+            from,
+            token: self.tokens.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Register this gateway for a query with a replay from commit LSN `from`, if it still has
@@ -107,8 +111,8 @@ impl Registrar {
         def_json: &str,
         from: u64,
     ) -> redis::RedisResult<()> {
-        let request = self.replay_request(from);
-        self.register_request(hub, id, def_json, &request).await
+        let replay = Replay::From(self.replay_request(from));
+        self.register_request(hub, id, def_json, replay).await
     }
 
     /// Register without a replay: events from whenever the owning worker applies it.
@@ -118,7 +122,7 @@ impl Registrar {
         id: QueryId,
         def_json: &str,
     ) -> redis::RedisResult<()> {
-        self.register_request(hub, id, def_json, "-").await
+        self.register_request(hub, id, def_json, Replay::Live).await
     }
 
     async fn register_request(
@@ -126,7 +130,7 @@ impl Registrar {
         hub: &Hub,
         id: QueryId,
         def_json: &str,
-        request: &str,
+        replay: Replay,
     ) -> redis::RedisResult<()> {
         let _serial = self.stripe(id).lock().await;
         if !hub.contains(id) {
@@ -138,14 +142,19 @@ impl Registrar {
             inv.key(k);
         }
         inv.arg(id.to_string())
-            .arg(&self.gateway_id)
+            .arg(RegField::new(id, &self.gateway_id).encode())
             .arg(def_json)
-            .arg(request);
+            .arg(replay.encode());
         let _: i64 = inv.invoke_async(&mut con).await?;
-        let _: String =
-            common::scripts::ctl_entry(&self.keys, id, &self.gateway_id, Some((request, def_json)))
-                .query_async(&mut con)
-                .await?;
+        let entry = CtlEntry::Register {
+            query: id,
+            gateway: self.gateway_id.clone(),
+            replay,
+            definition: def_json.to_owned(),
+        };
+        let _: String = common::scripts::ctl_entry(&self.keys, &entry)
+            .query_async(&mut con)
+            .await?;
         Ok(())
     }
 
@@ -160,9 +169,14 @@ impl Registrar {
         for k in self.shard_keys(id) {
             inv.key(k);
         }
-        inv.arg(id.to_string()).arg(&self.gateway_id);
+        inv.arg(id.to_string())
+            .arg(RegField::new(id, &self.gateway_id).encode());
         let _: i64 = inv.invoke_async(&mut con).await?;
-        let _: String = common::scripts::ctl_entry(&self.keys, id, &self.gateway_id, None)
+        let entry = CtlEntry::Unregister {
+            query: id,
+            gateway: self.gateway_id.clone(),
+        };
+        let _: String = common::scripts::ctl_entry(&self.keys, &entry)
             .query_async(&mut con)
             .await?;
         Ok(())
@@ -210,7 +224,10 @@ impl Registrar {
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(50);
             for (r, request) in regs {
-                while let Err(e) = me.register_request(&hub, r.id, &r.def_json, &request).await {
+                while let Err(e) = me
+                    .register_request(&hub, r.id, &r.def_json, Replay::From(request))
+                    .await
+                {
                     tracing::debug!(error = %e, "re-registration failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
