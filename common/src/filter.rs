@@ -40,33 +40,18 @@ impl QueryError {
         }
     }
 
-    /// FORBIDDEN for fields that do not exist or may not be read, with Directus's exact text.
+    /// FORBIDDEN for fields (requested, filtered or sorted) that do not exist or may not be read, with
+    /// Directus's exact text; `path` is the relational path they were queried in (`""` = root).
     pub fn unknown_fields(collection: &str, fields: &[String], path: &str) -> QueryError {
-        let place = if path.is_empty() {
-            "root".to_owned()
-        } else {
-            format!("\"{path}\"")
-        };
-        let list = fields
-            .iter()
-            .map(|f| format!("\"{f}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        QueryError::Forbidden(if fields.len() == 1 {
-            format!(
-                "You don't have permission to access field {list} in collection \"{collection}\" or it does not exist. Queried in {place}."
-            )
-        } else {
-            format!(
-                "You don't have permission to access fields {list} in collection \"{collection}\" or they do not exist. Queried in {place}."
-            )
-        })
+        QueryError::Forbidden(crate::protocol::msg_forbidden_fields(
+            collection, fields, path,
+        ))
     }
 
+    /// FORBIDDEN for a collection that does not exist or that the caller may not read, with Directus's
+    /// exact text.
     pub fn unknown_collection(collection: &str) -> QueryError {
-        QueryError::Forbidden(format!(
-            "You don't have permission to access collection \"{collection}\" or it does not exist. Queried in root."
-        ))
+        QueryError::Forbidden(crate::protocol::msg_forbidden_collection(collection, ""))
     }
 }
 

@@ -138,7 +138,8 @@ pub fn normalize(
     let rules: Vec<(Filter, Option<Vec<String>>)> = match access {
         Access::Admin => Vec::new(),
         Access::Rules(rules) if rules.is_empty() => {
-            return Err(QueryError::Forbidden(crate::protocol::MSG_FORBIDDEN.into()));
+            // No read permission at all: Directus's collection text, whatever the subscription asks for.
+            return Err(QueryError::unknown_collection(&coll.name));
         }
         Access::Rules(rules) => rules
             .iter()
@@ -502,10 +503,38 @@ mod tests {
             matches!(err, QueryError::Forbidden(_)),
             "filtering on an unreadable field is forbidden"
         );
-        assert!(matches!(
+        assert_eq!(
+            err.to_string(),
+            "You don't have permission to access field \"status\" in collection \"articles\" or it does not exist. Queried in root."
+        );
+        assert_eq!(
             norm(json!({}), &Access::Rules(vec![])).unwrap_err(),
-            QueryError::Forbidden(_)
-        ));
+            QueryError::Forbidden(
+                "You don't have permission to access collection \"articles\" or it does not exist. Queried in root."
+                    .into()
+            ),
+            "no read permission names the collection"
+        );
+        assert_eq!(
+            norm(json!({"sort": "-status"}), &access)
+                .unwrap_err()
+                .to_string(),
+            "You don't have permission to access field \"status\" in collection \"articles\" or it does not exist. Queried in root.",
+            "sorting on an unreadable field names it"
+        );
+        // With an `event` (no init data) the permission is still checked, with the same text.
+        let params = parse_query(None, &QueryConfig::default()).unwrap();
+        let err = normalize(
+            &coll(),
+            Some(EventKind::Create),
+            None,
+            &params,
+            &Access::Rules(vec![]),
+            &VarContext::default(),
+            NormalizeLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err, QueryError::unknown_collection("articles"));
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl<S> Session<S> {
                 return vec![Action::Send(error_frame(
                     "server",
                     ErrorCode::RequestsExceeded,
-                    &format!("Too many messages, retry after {retry}ms."),
+                    &protocol::msg_requests_exceeded(retry),
                     None,
                 ))];
             }
@@ -237,7 +237,8 @@ impl<S> Session<S> {
         }
         let msg = match parse_client_message(text) {
             Ok(m) => m,
-            Err(rejection) => return vec![Action::Send(rejection.frame(None))],
+            // JSON and zod errors never carry a uid.
+            Err(rejection) => return vec![Action::Send(rejection.frame())],
         };
         if let ClientMessage::Auth { credentials, uid } = msg {
             // Any auth message ends the re-auth wait after TOKEN_EXPIRED; it is then handled normally.
@@ -270,10 +271,7 @@ impl<S> Session<S> {
                     return vec![Action::Send(error_frame(
                         "subscribe",
                         ErrorCode::LimitExceeded,
-                        &format!(
-                            "Too many subscriptions on this connection (at most {}).",
-                            cfg.max_subscriptions
-                        ),
+                        &protocol::msg_too_many_subscriptions(cfg.max_subscriptions),
                         request.uid.as_ref(),
                     ))];
                 }
@@ -298,10 +296,11 @@ impl<S> Session<S> {
             ClientMessage::Ping { uid } if cfg.heartbeat.is_some() => {
                 vec![Action::Send(protocol::pong_frame(uid.as_ref()))]
             }
+            // A well-formed `items` message (the parser checked Directus's shape): not served here.
             ClientMessage::Items { uid } => vec![Action::Send(error_frame(
                 "items",
                 ErrorCode::InvalidPayload,
-                "Invalid payload. The \"items\" message type is not supported by this realtime server; write through the Directus REST API or the database.",
+                &protocol::msg_invalid_payload(protocol::REASON_ITEMS_UNSUPPORTED),
                 uid.as_ref(),
             ))],
             _ => Vec::new(),
@@ -817,12 +816,42 @@ mod tests {
             "Unable to parse the incoming message."
         );
         assert!(!closes(&a));
-        let a = s.on_message(&c, t0, &msg(json!({"type":"subscribe"})));
-        assert_eq!(sent(&a)[0]["type"], "subscribe");
-        assert_eq!(sent(&a)[0]["error"]["code"], "INVALID_PAYLOAD");
-        let a = s.on_message(&c, t0, &msg(json!({"type":"items","uid":2})));
+        // Zod errors: Directus's zod v4 text, never a uid.
+        let a = s.on_message(&c, t0, &msg(json!({"type":"subscribe","uid":"s"})));
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"subscribe","status":"error","error":{"code":"INVALID_PAYLOAD","message":"Validation error: Invalid input: expected string, received undefined at \"collection\""}})
+            ]
+        );
+        let a = s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"items","collection":"a","action":"upsert","uid":2})),
+        );
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"items","status":"error","error":{"code":"INVALID_PAYLOAD","message":"Validation error: Invalid input: expected \"create\" at \"action\" or Invalid input: expected \"read\" at \"action\" or Invalid input: expected \"update\" at \"action\" or Invalid input: expected \"delete\" at \"action\""}})
+            ]
+        );
+        let a = s.on_message(&c, t0, &msg(json!([])));
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"server","status":"error","error":{"code":"INVALID_PAYLOAD","message":"Validation error: Invalid input: expected object, received array"}})
+            ]
+        );
+        // A well-formed `items` message is refused as not served here, with its uid.
+        let a = s.on_message(
+            &c,
+            t0,
+            &msg(json!({"type":"items","collection":"a","action":"read","uid":2})),
+        );
         assert_eq!(sent(&a)[0]["type"], "items");
+        assert_eq!(sent(&a)[0]["error"]["code"], "INVALID_PAYLOAD");
         assert_eq!(sent(&a)[0]["uid"], 2);
+        assert!(!closes(&a));
         assert!(
             s.on_message(&c, t0, &msg(json!({"type":"unknown-type"})))
                 .is_empty()

@@ -1,8 +1,14 @@
 //! Turning a `subscribe` message into a live subscription and its `init` frame.
 //!
-//! Order of checks follows Directus's subscribe handler: unknown collection (INVALID_COLLECTION for
-//! non-admins, FORBIDDEN for admins), the query sanitiser (INVALID_QUERY), permissions (FORBIDDEN), then the
-//! snapshot. Errors from the "service" layer carry no uid, as in Directus.
+//! Order of checks follows Directus's subscribe handler (the zod shape check ran in the parser): a
+//! collection that does not exist (or may never be subscribed to) for a non-admin, the query sanitiser
+//! (INVALID_QUERY), `directus_extensions` (INVALID_PAYLOAD), the service's checks: the collection for an
+//! admin, read permission and fields (FORBIDDEN, naming the collection or the fields), then `item` on
+//! `directus_fields`/`directus_relations` (INVALID_PAYLOAD, at registration in Directus), then the
+//! snapshot. Where Directus answers a non-admin's unknown collection with INVALID_COLLECTION, or sends
+//! nothing, we send its FORBIDDEN collection text (DESIGN §4: a subscription that can never deliver),
+//! which also hides whether the collection exists. Errors from the "service" layer carry no uid, as in
+//! Directus.
 //!
 //! Gap-free init (DESIGN 3.6): the WAL position `L` is read first; the subscriber is attached to the hub
 //! (events for it are buffered from now on) and, if the query is new on this gateway, registered with the
@@ -60,6 +66,7 @@ pub fn suffix_for(uid: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// A Directus service error: `type` `subscribe`, never a uid.
 fn service_error(code: ErrorCode, message: &str) -> Vec<u8> {
     error_frame("subscribe", code, message, None)
 }
@@ -71,7 +78,7 @@ fn query_error(e: &QueryError) -> Vec<u8> {
 fn unavailable() -> Vec<u8> {
     service_error(
         ErrorCode::ServiceUnavailable,
-        "Service unavailable: the database did not answer. Retry shortly.",
+        protocol::MSG_DATABASE_UNAVAILABLE,
     )
 }
 
@@ -105,34 +112,30 @@ async fn prepare(
     req: &SubscribeRequest,
 ) -> Result<(Collection, Normalized), Vec<u8>> {
     let collection = req.collection.as_str();
-    if collection == "directus_extensions" {
-        return Err(service_error(
-            ErrorCode::InvalidPayload,
-            "Invalid payload. \"directus_extensions\" is currently not supported.",
-        ));
-    }
-    let coll = match find_collection(state, collection).await? {
-        Some(c) if !common::schema::is_unsubscribable(collection) => c,
-        _ if !acct.admin => {
-            return Err(error_frame(
-                "subscribe",
-                ErrorCode::InvalidCollection,
-                protocol::MSG_INVALID_COLLECTION,
-                req.uid.as_ref(),
-            ));
-        }
-        _ => return Err(query_error(&QueryError::unknown_collection(collection))),
+    let forbidden_collection = || query_error(&QueryError::unknown_collection(collection));
+    // Directus knows `directus_extensions` (a system collection) and refuses it after the query.
+    let extensions = collection == "directus_extensions";
+    let coll = if extensions {
+        None
+    } else {
+        find_collection(state, collection)
+            .await?
+            .filter(|_| !common::schema::is_unsubscribable(collection))
     };
-    if req.item.is_some() && matches!(collection, "directus_fields" | "directus_relations") {
-        return Err(service_error(
-            ErrorCode::InvalidPayload,
-            &format!(
-                "Invalid payload. Cannot subscribe to a specific item in the {collection} collection."
-            ),
-        ));
+    // Directus refuses a non-admin here, before the query is looked at (with INVALID_COLLECTION).
+    if coll.is_none() && !extensions && !acct.admin {
+        return Err(forbidden_collection());
     }
     let params =
         parse_query(req.query.as_ref(), &state.config.query).map_err(|e| query_error(&e))?;
+    if extensions {
+        return Err(service_error(
+            ErrorCode::InvalidPayload,
+            &protocol::msg_invalid_payload(protocol::REASON_EXTENSIONS_UNSUPPORTED),
+        ));
+    }
+    // An admin's subscription to a missing collection fails in Directus's service, after the query.
+    let coll = coll.ok_or_else(forbidden_collection)?;
     let access = state
         .auth
         .read_access(acct, collection)
@@ -179,6 +182,12 @@ async fn prepare(
         limits,
     )
     .map_err(|e| query_error(&e))?;
+    if req.item.is_some() && matches!(collection, "directus_fields" | "directus_relations") {
+        return Err(service_error(
+            ErrorCode::InvalidPayload,
+            &protocol::msg_invalid_payload(&protocol::reason_item_subscription(collection)),
+        ));
+    }
     Ok((coll, normalized))
 }
 
@@ -237,7 +246,7 @@ pub async fn subscribe(
         detach(state, id, key);
         return Err(service_error(
             ErrorCode::ServiceUnavailable,
-            "Service unavailable: Redis did not answer. Retry shortly.",
+            protocol::MSG_REDIS_UNAVAILABLE,
         ));
     }
 
@@ -337,24 +346,18 @@ async fn read_snapshot(
         .map_err(|_| {
             service_error(
                 ErrorCode::ServiceUnavailable,
-                "Service unavailable: the snapshot query timed out.",
+                protocol::MSG_SNAPSHOT_TIMEOUT,
             )
         })?
         .map_err(|e| {
             tracing::warn!(error = %e, collection = %coll.name, "snapshot query failed");
             // A value the filter validation let through but PostgreSQL refused (e.g. out of range).
-            service_error(
-                ErrorCode::InvalidQuery,
-                "Invalid query. The database rejected a filter value.",
-            )
+            query_error(&QueryError::invalid("The database rejected a filter value"))
         })?;
     if unlimited && rows.len() as i64 > cap {
-        return Err(service_error(
-            ErrorCode::InvalidQuery,
-            &format!(
-                "Invalid query. The initial data exceeds {cap} items; add a \"limit\" or a narrower \"filter\"."
-            ),
-        ));
+        return Err(query_error(&QueryError::invalid(format!(
+            "The initial data exceeds {cap} items; add a \"limit\" or a narrower \"filter\""
+        ))));
     }
     let columns: Vec<&common::schema::Column> = query
         .fields

@@ -265,23 +265,60 @@ async fn item_event_and_uid_rules() {
 async fn error_frames() {
     let c = cluster(&[("WEBSOCKETS_REST_AUTH", "public")]).await;
     let mut public = open(&c).await;
+    let forbidden = |collection: &str| json!({"type":"subscribe","status":"error","error":{"code":"FORBIDDEN","message":format!("You don't have permission to access collection \"{collection}\" or it does not exist. Queried in root.")}});
+    // A collection that does not exist, with or without `event`, even with a bad query (checked first
+    // for a non-admin): Directus's FORBIDDEN collection text, a service error without uid.
+    for req in [
+        json!({"type":"subscribe","collection":"nope","uid":"u1"}),
+        json!({"type":"subscribe","collection":"nope","uid":"u1","event":"create"}),
+        json!({"type":"subscribe","collection":"nope","uid":"u1","query":{"filter":"{bad"}}),
+        json!({"type":"subscribe","collection":"directus_sessions","uid":"u1"}),
+    ] {
+        assert_eq!(
+            subscribe(&mut public, req.clone()).await,
+            forbidden(req["collection"].as_str().unwrap()),
+            "{req}"
+        );
+    }
+    // No read permission, with or without `event`.
+    for req in [
+        json!({"type":"subscribe","collection":"articles","uid":"u2"}),
+        json!({"type":"subscribe","collection":"articles","uid":"u2","event":"delete"}),
+        json!({"type":"subscribe","collection":"articles","uid":"u2","item":1}),
+    ] {
+        assert_eq!(
+            subscribe(&mut public, req.clone()).await,
+            forbidden("articles"),
+            "{req}"
+        );
+    }
+    // Zod errors: Directus's zod v4 texts, without uid.
     let r = subscribe(
         &mut public,
-        json!({"type":"subscribe","collection":"nope","uid":"u1"}),
+        json!({"type":"subscribe","collection":"articles","uid":"u3","event":"upsert"}),
     )
     .await;
     assert_eq!(
         r,
-        json!({"type":"subscribe","status":"error","error":{"code":"INVALID_COLLECTION","message":"The provided collection does not exists or is not accessible."},"uid":"u1"})
+        json!({"type":"subscribe","status":"error","error":{"code":"INVALID_PAYLOAD","message":"Validation error: Invalid input: expected \"create\" at \"event\" or Invalid input: expected \"update\" at \"event\" or Invalid input: expected \"delete\" at \"event\""}})
     );
     let r = subscribe(
         &mut public,
-        json!({"type":"subscribe","collection":"articles","uid":"u2"}),
+        json!({"type":"subscribe","uid":"u4","query":"fields=*"}),
     )
     .await;
     assert_eq!(
-        r,
-        json!({"type":"subscribe","status":"error","error":{"code":"FORBIDDEN","message":"You don't have permission to access this."}})
+        r["error"]["message"],
+        "Validation error: Invalid input: expected string, received undefined at \"collection\"; Invalid input: expected record, received string at \"query\""
+    );
+    assert!(r.get("uid").is_none());
+    public
+        .send_json(&json!({"type":"items","collection":"articles","action":"upsert","uid":"i"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        public.recv_skip_ping(WAIT).await.unwrap(),
+        json!({"type":"items","status":"error","error":{"code":"INVALID_PAYLOAD","message":"Validation error: Invalid input: expected \"create\" at \"action\" or Invalid input: expected \"read\" at \"action\" or Invalid input: expected \"update\" at \"action\" or Invalid input: expected \"delete\" at \"action\""}})
     );
 
     let mut admin = admin_ws(&c).await;
@@ -295,6 +332,13 @@ async fn error_frames() {
         json!({"code":"FORBIDDEN","message":"You don't have permission to access collection \"nope\" or it does not exist. Queried in root."})
     );
     assert!(r.get("uid").is_none());
+    // For an admin the query is checked first, as Directus's service only fails after the sanitiser.
+    let r = subscribe(
+        &mut admin,
+        json!({"type":"subscribe","collection":"nope","uid":"a1","query":{"filter":"{bad"}}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "INVALID_QUERY", "{r}");
     let r = subscribe(
         &mut admin,
         json!({"type":"subscribe","collection":"articles","uid":"a2","query":{"fields":"id,nope"}}),
@@ -332,7 +376,10 @@ async fn error_frames() {
         json!({"type":"subscribe","collection":"directus_extensions","uid":"a6"}),
     )
     .await;
-    assert_eq!(r["error"]["code"], "INVALID_PAYLOAD");
+    assert_eq!(
+        r,
+        json!({"type":"subscribe","status":"error","error":{"code":"INVALID_PAYLOAD","message":"Invalid payload. \"directus_extensions\" is currently not supported.."}})
+    );
     let r = subscribe(&mut admin, json!({"type":"subscribe","collection":"articles","uid":"a7","query":{"filter":{"id":{"_eq":"99999999999999999999"}}}})).await;
     assert_eq!(r["error"]["code"], "INVALID_QUERY", "{r}");
     let r = subscribe(
@@ -341,8 +388,9 @@ async fn error_frames() {
     )
     .await;
     assert_eq!(
-        r["error"]["code"], "FORBIDDEN",
-        "refresh tokens are never exposed: {r}"
+        r,
+        forbidden("directus_sessions"),
+        "refresh tokens are never exposed"
     );
     // Concealed fields come back masked, even for the admin.
     let r = subscribe(&mut admin, json!({"type":"subscribe","collection":"directus_users","uid":"a9","query":{"fields":"email,password,token"}})).await;
@@ -389,7 +437,16 @@ async fn permissions_filter_rows_and_fields() {
         "fields allowed under a different row filter are null where that filter does not match"
     );
     let r = subscribe(&mut ws, json!({"type":"subscribe","collection":"articles","uid":"q","query":{"fields":"date_created"}})).await;
-    assert_eq!(r["error"]["code"], "FORBIDDEN");
+    assert_eq!(
+        r,
+        json!({"type":"subscribe","status":"error","error":{"code":"FORBIDDEN","message":"You don't have permission to access field \"date_created\" in collection \"articles\" or it does not exist. Queried in root."}})
+    );
+    let r = subscribe(&mut ws, json!({"type":"subscribe","collection":"articles","uid":"q","query":{"fields":"id","filter":{"author":{"_null":true}},"sort":"-date_created"}})).await;
+    assert_eq!(
+        r["error"]["message"],
+        "You don't have permission to access fields \"date_created\", \"author\" in collection \"articles\" or they do not exist. Queried in root.",
+        "sort and filter fields outside every permission are named"
+    );
 
     // A role user: $CURRENT_USER in a permission filter, and a user filter ANDed on top.
     let alice = create_user(&c, "alice@example.com", "alice-pass", false).await;
@@ -424,7 +481,8 @@ async fn permissions_filter_rows_and_fields() {
     )
     .await;
     assert_eq!(
-        r["error"]["code"], "FORBIDDEN",
+        r["error"]["message"],
+        "You don't have permission to access collection \"messages\" or it does not exist. Queried in root.",
         "no permission row for messages"
     );
 }
