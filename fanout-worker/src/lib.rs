@@ -4,14 +4,12 @@
 //! Capture: [`pgoutput`] (decoder, pure) → [`assemble`] (transactions and chunks, pure) → [`capture`]
 //! (the replication session, the Redis stream append and slot confirmation).
 //!
-//! Matching: [`index`] (subscription index, pure) → [`matcher`] (events and frames per query, pure).
+//! Matching: [`matching`]: the subscription index, the matcher, the coordinator that keeps the
+//! exactly-once rules, all pure, and the Redis driver around them.
 
 pub mod assemble;
 pub mod capture;
 pub mod config;
-pub mod fanout;
-pub mod index;
-pub mod matcher;
+pub mod matching;
 pub mod pgoutput;
 pub mod server;
-pub mod shards;

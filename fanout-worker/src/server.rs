@@ -2,7 +2,7 @@
 
 use crate::capture::{self, CaptureStats};
 use crate::config::WorkerConfig;
-use crate::fanout::{self, FanoutStats};
+use crate::matching::{self, FanoutStats};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -58,7 +58,7 @@ impl Worker {
                 capture::spawn(self.config.clone(), self.capture.clone(), stop_rx.clone())
             });
         let matching = self.config.matching_enabled.then(|| {
-            tokio::spawn(fanout::run(
+            tokio::spawn(matching::run(
                 self.config.clone(),
                 self.fanout.clone(),
                 stop_rx.clone(),

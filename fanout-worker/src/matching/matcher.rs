@@ -16,7 +16,7 @@
 //! Frames: per query and chunk, consecutive events of one kind form one frame (a bulk update is one
 //! `update` with several rows); the body is encoded once and shared by every gateway and subscriber.
 
-use crate::index::{Index, Lookup, Slot, index_key};
+use super::index::{Index, Lookup, Slot, index_key};
 use common::change::{Cell, Change, Relation, TxChunk};
 use common::delivery::Position;
 use common::filter::Filter;

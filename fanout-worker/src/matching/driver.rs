@@ -2,7 +2,7 @@
 //! and publish each gateway its events.
 //!
 //! One loop per worker:
-//! 1. every second, shard membership ([`crate::shards`]): load acquired shards (their registrations, then a
+//! 1. every second, shard membership ([`super::shards`]): load acquired shards (their registrations, then a
 //!    catch-up replay from the shard's checkpoint), checkpoint and release shards handed over, drop lost
 //!    ones; every few seconds, remove the registrations of gateways whose liveness key expired;
 //! 2. one blocking `XREAD` over the change stream and the ctl stream (both in the `{changes}` hash slot):
@@ -17,20 +17,15 @@
 //! Delivery is at-least-once (a new owner resumes from a checkpoint written after publishing; replays
 //! overlap live events); gateways drop what they already delivered, by position.
 
+use super::coordinator::{Coordinator, CtlOutcome, Messages};
+use super::shards::Membership;
 use crate::config::WorkerConfig;
-use crate::index::Index;
-use crate::index::Slot;
-use crate::matcher::{Frame, Scope as MatchScope, match_chunk};
-use crate::shards::Membership;
 use common::change::{StreamId, TxChunk};
-use common::ctl::{self, CtlEntry, RegField, ReplayRequest};
-use common::delivery::{Position, append_entry, append_replay_done};
+use common::ctl::{self, CtlEntry, RegField};
 use common::keys::Keys;
-use common::normalize::{NormalizedQuery, QueryId};
 use common::redis::{Conn, Lua, Redis};
-use common::shard::shard_of;
 use redis::streams::StreamReadReply;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,8 +35,6 @@ use tokio::sync::watch;
 const REPLAY_PAGE: usize = 256;
 /// How long one `XREAD` blocks when nothing arrives (bounds how late a membership tick can be).
 const BLOCK_MS: u64 = 200;
-/// Publish a gateway's message once it grows past this, even mid-batch (bounds memory per gateway).
-const MAX_MESSAGE: usize = 1 << 20;
 /// How often owned shards' checkpoints are written while changes flow. Later only means a longer
 /// catch-up replay after a failover (gateways drop what they already have).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -58,27 +51,6 @@ pub struct FanoutStats {
     pub replays: AtomicU64,
     /// Commit LSN of the last change stream entry processed.
     pub cursor_lsn: AtomicU64,
-}
-
-#[derive(Debug)]
-enum Target {
-    /// Catch a newly acquired shard up from its checkpoint (all its queries, all their gateways).
-    Shard(u32),
-    /// A registration asking for a replay: one query, one gateway. Ends with a replay-done entry
-    /// carrying `request`.
-    Query {
-        id: QueryId,
-        gateway: Arc<str>,
-        shard: u32,
-        request: ReplayRequest,
-    },
-}
-
-#[derive(Debug)]
-struct Replay {
-    target: Target,
-    from: StreamId,
-    to: StreamId,
 }
 
 /// Run the matching role until `stop` flips; a failed session starts over (its shards catch up from their
@@ -114,17 +86,10 @@ struct Loop<'a> {
     cmd: Conn,
     /// For the blocking `XREAD` only.
     read: Conn,
-    index: Index,
+    /// The rules; this loop only reads, writes and keeps time.
+    core: Coordinator,
     members: Membership,
-    cursor: StreamId,
-    /// Position in the ctl stream.
-    ctl: StreamId,
-    /// Per owned shard, the ctl position its registrations were loaded at: older entries are in the load.
-    loaded_at: BTreeMap<u32, StreamId>,
-    replays: VecDeque<Replay>,
     last_checkpoint: Instant,
-    out: Outgoing,
-    frames: Vec<Frame>,
     epoch: String,
     scripts: Scripts,
 }
@@ -186,14 +151,8 @@ async fn session(
         redis,
         cmd,
         read,
-        index: Index::default(),
-        cursor,
-        ctl,
-        loaded_at: BTreeMap::new(),
-        replays: VecDeque::new(),
+        core: Coordinator::new(&cfg.db_schema, cfg.shards, cursor, ctl),
         last_checkpoint: Instant::now(),
-        out: Outgoing::default(),
-        frames: Vec::new(),
         epoch,
         scripts: Scripts {
             load: Lua::new(common::scripts::LOAD_SHARD),
@@ -202,7 +161,7 @@ async fn session(
             replayed: Lua::new(common::scripts::REPLAYED),
         },
     };
-    tracing::info!(cursor = %l.cursor, "matching started");
+    tracing::info!(cursor = %l.core.cursor(), "matching started");
     stats.running.store(true, Ordering::Relaxed);
     let mut next_tick = Instant::now();
     let mut next_cleanup = Instant::now() + Duration::from_secs(5);
@@ -294,14 +253,15 @@ impl Loop<'_> {
         if e.as_deref() != Some(self.epoch.as_str()) {
             anyhow::bail!("Redis lost its data (the change stream epoch changed); starting over");
         }
-        if trimmed_past(&mut self.cmd, &self.keys.ctl(), self.ctl).await? {
+        if trimmed_past(&mut self.cmd, &self.keys.ctl(), self.core.ctl_position()).await? {
             // We fell so far behind that registrations we never read were trimmed: reload every shard.
             tracing::warn!("the ctl stream was trimmed past our position; reloading owned shards");
             metrics::counter!("realtime_ctl_reloads_total").increment(1);
-            self.ctl = last_id(&mut self.cmd, &self.keys.ctl()).await?;
+            let at = last_id(&mut self.cmd, &self.keys.ctl()).await?;
+            self.core.skip_ctl_to(at);
             let owned: Vec<u32> = self.members.owned.iter().copied().collect();
             for n in owned {
-                self.drop_shard(n);
+                self.core.drop_shard(n);
                 self.load_shard(n).await?;
             }
         }
@@ -312,7 +272,7 @@ impl Loop<'_> {
                 shard = n,
                 "lost a shard lease (stalled past it?); dropping the shard"
             );
-            self.drop_shard(n);
+            self.core.drop_shard(n);
         }
         if !changes.to_release.is_empty() {
             self.flush().await?;
@@ -320,7 +280,7 @@ impl Loop<'_> {
             for n in changes.to_release {
                 metrics::counter!("realtime_shard_moves_total", "kind" => "released").increment(1);
                 self.members.release(&mut self.cmd, n).await?;
-                self.drop_shard(n);
+                self.core.drop_shard(n);
                 tracing::debug!(shard = n, "handed a shard over");
             }
         }
@@ -331,29 +291,19 @@ impl Loop<'_> {
         // How far matching is behind the stream's end, in WAL bytes.
         let end = last_id(&mut self.cmd, &self.keys.changes()).await?;
         metrics::gauge!("realtime_stream_backlog_bytes")
-            .set(end.lsn.saturating_sub(self.cursor.lsn) as f64);
+            .set(end.lsn.saturating_sub(self.core.cursor().lsn) as f64);
+        let queries = self.core.query_count();
         self.stats
             .shards
             .store(self.members.owned.len(), Ordering::Relaxed);
-        self.stats
-            .queries
-            .store(self.index.len(), Ordering::Relaxed);
+        self.stats.queries.store(queries, Ordering::Relaxed);
         metrics::gauge!("realtime_shards_owned").set(self.members.owned.len() as f64);
-        metrics::gauge!("realtime_registered_queries").set(self.index.len() as f64);
+        metrics::gauge!("realtime_registered_queries").set(queries as f64);
         Ok(())
     }
 
-    fn drop_shard(&mut self, n: u32) {
-        self.index.remove_shard(n);
-        self.loaded_at.remove(&n);
-        self.replays.retain(|r| match &r.target {
-            Target::Shard(s) => *s != n,
-            Target::Query { shard, .. } => *shard != n,
-        });
-    }
-
     /// Load a newly acquired shard: the ctl position first, then its registrations (so ctl entries we
-    /// have not read yet can only repeat what is loaded), then a catch-up from its checkpoint.
+    /// have not read yet can only repeat what is loaded), then its checkpoint for the catch-up.
     async fn load_shard(&mut self, n: u32) -> anyhow::Result<()> {
         let at = last_id(&mut self.cmd, &self.keys.ctl()).await?;
         let (defs, regs): (Vec<String>, Vec<String>) = self
@@ -364,246 +314,99 @@ impl Loop<'_> {
             .key(self.keys.shard_reg(n))
             .invoke_async(&mut self.cmd)
             .await?;
-        let mut parsed: HashMap<QueryId, Arc<NormalizedQuery>> = HashMap::new();
-        for pair in defs.chunks(2) {
-            if let [id, json] = pair {
-                match serde_json::from_str::<NormalizedQuery>(json) {
-                    Ok(q) if q.id().to_string() == *id => {
-                        parsed.insert(q.id(), Arc::new(q));
-                    }
-                    _ => {
-                        tracing::warn!(shard = n, query = %id, "ignoring an unreadable query definition")
-                    }
-                }
-            }
-        }
-        for pair in regs.chunks(2) {
-            let [field, replay] = pair else { continue };
-            let (Some(reg), Some(replay)) = (
-                RegField::decode(field),
-                ctl::Replay::decode(replay.as_bytes()),
-            ) else {
-                tracing::warn!(shard = n, field = %field, "ignoring an unreadable registration");
-                continue;
-            };
-            let Some(def) = parsed.get(&reg.query) else {
-                continue;
-            };
-            self.index.register(reg.query, n, def.clone(), &reg.gateway);
-            self.schedule_query_replay(reg.query, &reg.gateway, n, replay);
-        }
-        self.loaded_at.insert(n, at);
         let ckpt: Option<String> = redis::cmd("GET")
             .arg(self.keys.shard_checkpoint(n))
             .query_async(&mut self.cmd)
             .await?;
-        if let Some(from) = ckpt.and_then(|c| c.parse::<StreamId>().ok())
-            && from < self.cursor
-        {
-            self.replays.push_front(Replay {
-                target: Target::Shard(n),
-                from,
-                to: self.cursor,
-            });
+        let pairs = |flat: Vec<String>| -> Vec<(String, String)> {
+            let mut it = flat.into_iter();
+            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+        };
+        let (defs, regs) = (pairs(defs), pairs(regs));
+        let checkpoint = ckpt.and_then(|c| c.parse::<StreamId>().ok());
+        let unreadable = self.core.load_shard(n, at, &defs, &regs, checkpoint);
+        if unreadable > 0 {
+            tracing::warn!(
+                shard = n,
+                unreadable,
+                "ignoring unreadable query definitions or registrations"
+            );
         }
-        tracing::debug!(shard = n, queries = parsed.len(), "acquired a shard");
+        tracing::debug!(shard = n, queries = defs.len(), "acquired a shard");
         Ok(())
     }
 
-    /// Queue the replay a registration asks for, if any. A replay starting after the cursor re-reads
-    /// nothing but still sends its replay-done entry, which the gateway is waiting for.
-    fn schedule_query_replay(&mut self, id: QueryId, gw: &str, shard: u32, replay: ctl::Replay) {
-        let ctl::Replay::From(request) = replay else {
-            return;
-        };
-        self.replays.push_back(Replay {
-            target: Target::Query {
-                id,
-                gateway: gw.into(),
-                shard,
-                request,
-            },
-            from: StreamId {
-                lsn: request.from,
-                seq: 0,
-            },
-            to: self.cursor,
-        });
-    }
-
-    /// Run every queued replay in **one** pass over the stream: each chunk in the union of their ranges
-    /// is read and decoded once and matched against the queries of the replays whose range contains
-    /// it. (One pass per replay made a burst of registrations quadratic: ten thousand per-user
-    /// subscriptions each re-read the same lookback window.) Query replays then get their replay-done
-    /// entries, after everything before them was published.
+    /// Serve every queued replay in **one** pass over the stream (see [`Coordinator::start_replays`]),
+    /// then publish, and mark the served registrations.
     async fn run_replays(&mut self) -> anyhow::Result<()> {
-        if self.replays.is_empty() {
+        let Some(pass) = self.core.start_replays() else {
             return Ok(());
-        }
-        let batch: Vec<Replay> = self.replays.drain(..).collect();
+        };
         self.stats
             .replays
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        metrics::counter!("realtime_replays_total").increment(batch.len() as u64);
-        let from = batch.iter().map(|r| r.from).min().expect("non-empty");
-        let to = batch.iter().map(|r| r.to).max().expect("non-empty");
-        if from <= to
-            && from > StreamId::default()
-            && trimmed_past(&mut self.cmd, &self.keys.changes(), from).await?
-        {
-            tracing::error!(%from, replays = batch.len(), "a replay starts before the oldest change still in the stream: events are missing (raise REALTIME_STREAM_MAX_AGE / REALTIME_STREAM_MAXLEN)");
-            metrics::counter!("realtime_stream_gaps_total").increment(1);
-        }
-        // Who wants which chunk: shards (all their queries and gateways), and (query, gateway) pairs.
-        let mut shard_ranges: HashMap<u32, (StreamId, StreamId)> = HashMap::new();
-        let mut query_ranges: HashMap<Slot, Vec<(StreamId, StreamId, Arc<str>)>> = HashMap::new();
-        for r in &batch {
-            match &r.target {
-                Target::Shard(n) => {
-                    let e = shard_ranges.entry(*n).or_insert((r.from, r.to));
-                    *e = (e.0.min(r.from), e.1.max(r.to));
-                }
-                Target::Query { id, gateway, .. } => {
-                    if let Some(slot) = self.index.slot_of(id) {
-                        query_ranges
-                            .entry(slot)
-                            .or_default()
-                            .push((r.from, r.to, gateway.clone()));
-                    }
-                }
+            .fetch_add(pass.len() as u64, Ordering::Relaxed);
+        metrics::counter!("realtime_replays_total").increment(pass.len() as u64);
+        if let Some((from, to)) = pass.range() {
+            if from > StreamId::default()
+                && trimmed_past(&mut self.cmd, &self.keys.changes(), from).await?
+            {
+                tracing::error!(%from, replays = pass.len(), "a replay starts before the oldest change still in the stream: events are missing (raise REALTIME_STREAM_MAX_AGE / REALTIME_STREAM_MAXLEN)");
+                metrics::counter!("realtime_stream_gaps_total").increment(1);
             }
-        }
-        // The shard of every query a shard replay covers (the index is borrowed mutably while matching).
-        let shard_of_slot: HashMap<Slot, u32> = if shard_ranges.is_empty() {
-            HashMap::new()
-        } else {
-            self.index
-                .entries_with_slots()
-                .filter(|(_, e)| shard_ranges.contains_key(&e.shard))
-                .map(|(slot, e)| (slot, e.shard))
-                .collect()
-        };
-        let query_span = query_ranges.values().flatten().fold(
-            (
-                StreamId {
-                    lsn: u64::MAX,
-                    seq: u64::MAX,
-                },
-                StreamId::default(),
-            ),
-            |(lo, hi), (f, t, _)| (lo.min(*f), hi.max(*t)),
-        );
-        let mut start = from.to_string();
-        let mut more = from <= to && !(shard_ranges.is_empty() && query_ranges.is_empty());
-        while more {
-            type Entries = Vec<(String, HashMap<String, redis::Value>)>;
-            let page: Entries = redis::cmd("XRANGE")
-                .arg(self.keys.changes())
-                .arg(&start)
-                .arg(to.to_string())
-                .arg("COUNT")
-                .arg(REPLAY_PAGE)
-                .query_async(&mut self.cmd)
-                .await?;
-            let Some((last_id, _)) = page.last() else {
-                break;
-            };
-            start = format!("({last_id}");
-            more = page.len() == REPLAY_PAGE;
-            for (id, fields) in &page {
-                let Ok(at) = id.parse::<StreamId>() else {
-                    continue;
+            let mut start = from.to_string();
+            loop {
+                type Entries = Vec<(String, HashMap<String, redis::Value>)>;
+                let page: Entries = redis::cmd("XRANGE")
+                    .arg(self.keys.changes())
+                    .arg(&start)
+                    .arg(to.to_string())
+                    .arg("COUNT")
+                    .arg(REPLAY_PAGE)
+                    .query_async(&mut self.cmd)
+                    .await?;
+                let Some((last_id, _)) = page.last() else {
+                    break;
                 };
-                let within = |(f, t): (StreamId, StreamId)| f <= at && at <= t;
-                let shards: Vec<u32> = shard_ranges
-                    .iter()
-                    .filter(|(_, r)| within(**r))
-                    .map(|(n, _)| *n)
-                    .collect();
-                // Over-approximate (the union's bounds) to skip chunks cheaply; `wanted` is exact.
-                let any_query = within(query_span);
-                if shards.is_empty() && !any_query {
-                    continue;
-                }
-                let Some(chunk) = fields
-                    .get("d")
-                    .and_then(bytes)
-                    .and_then(|b| TxChunk::decode(b).ok())
-                else {
-                    continue;
-                };
-                let mut frames = std::mem::take(&mut self.frames);
-                frames.clear();
-                let wanted = |slot: Slot| {
-                    shard_of_slot.get(&slot).is_some_and(|n| shards.contains(n))
-                        || query_ranges
-                            .get(&slot)
-                            .is_some_and(|rs| rs.iter().any(|(f, t, _)| within((*f, *t))))
-                };
-                match_chunk(
-                    &mut self.index,
-                    &self.cfg.db_schema,
-                    &chunk,
-                    MatchScope::Where(&wanted),
-                    &mut frames,
-                );
-                for f in &frames {
-                    let Some(entry) = self.index.get(f.slot) else {
+                start = format!("({last_id}");
+                let more = page.len() == REPLAY_PAGE;
+                for (id, fields) in &page {
+                    let Ok(at) = id.parse::<StreamId>() else {
                         continue;
                     };
-                    if shards.contains(&entry.shard) {
-                        for gw in &entry.gateways {
-                            append(&mut self.out, gw, f, &chunk);
-                        }
-                    } else if let Some(rs) = query_ranges.get(&f.slot) {
-                        for (_, _, gw) in rs.iter().filter(|(f, t, _)| within((*f, *t))) {
-                            append(&mut self.out, gw, f, &chunk);
-                        }
+                    if !pass.wants(at) {
+                        continue;
+                    }
+                    if let Some(chunk) = decode_entry(fields) {
+                        self.core.replay_chunk(&pass, at, &chunk);
+                    }
+                    if self.core.over_budget() {
+                        self.flush().await?;
                     }
                 }
-                self.frames = frames;
-                if self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE) {
-                    self.flush().await?;
+                if !more {
+                    break;
                 }
             }
         }
-        // Close the query replays, after what they replayed.
-        let mut done: Vec<(Vec<String>, Vec<String>)> = Vec::new();
-        for r in &batch {
-            if let Target::Query {
-                id,
-                gateway,
-                shard,
-                request,
-            } = &r.target
-            {
-                let msg = self
-                    .out
-                    .msgs
-                    .entry(gateway.clone())
-                    .or_insert_with(common::delivery::start_batch);
-                let upto = Position {
-                    lsn: r.to.lsn,
-                    seq: r.to.seq as u32,
-                    idx: u16::MAX,
-                };
-                let request = request.encode();
-                append_replay_done(msg, *id, upto, request.as_bytes());
-                done.push((
-                    vec![self.keys.shard_reg(*shard)],
-                    vec![
-                        RegField::new(*id, gateway).encode(),
-                        request,
-                        ctl::Replay::served().to_owned(),
-                    ],
-                ));
-            }
-        }
+        let served = self.core.finish_replays(pass);
         self.flush().await?;
-        if !done.is_empty() {
+        if !served.is_empty() {
+            let marks: Vec<(Vec<String>, Vec<String>)> = served
+                .into_iter()
+                .map(|s| {
+                    (
+                        vec![self.keys.shard_reg(s.shard)],
+                        vec![
+                            s.field.encode(),
+                            s.request.encode(),
+                            ctl::Replay::served().to_owned(),
+                        ],
+                    )
+                })
+                .collect();
             self.scripts
                 .replayed
-                .eval_each(&mut self.cmd, &done)
+                .eval_each(&mut self.cmd, &marks)
                 .await?;
         }
         Ok(())
@@ -619,8 +422,8 @@ impl Loop<'_> {
             .arg("STREAMS")
             .arg(self.keys.changes())
             .arg(self.keys.ctl())
-            .arg(self.cursor.to_string())
-            .arg(self.ctl.to_string())
+            .arg(self.core.cursor().to_string())
+            .arg(self.core.ctl_position().to_string())
             .query_async(&mut self.read)
             .await?;
         let Some(reply) = reply else {
@@ -631,11 +434,13 @@ impl Loop<'_> {
         // Registrations first: a change read in the same round is then matched against them.
         if let Some(ctl) = reply.keys.iter().find(|k| k.key == ctl_key) {
             for e in &ctl.ids {
-                let Ok(id) = e.id.parse::<StreamId>() else {
+                let Ok(at) = e.id.parse::<StreamId>() else {
                     continue;
                 };
-                self.ctl = id;
-                self.apply_ctl(id, &e.map);
+                let entry = CtlEntry::decode(|k| e.map.get(k).and_then(bytes));
+                if self.core.apply_ctl(at, entry) == CtlOutcome::Invalid {
+                    tracing::warn!(id = %at, "ignoring an unreadable ctl entry");
+                }
             }
         }
         self.run_replays().await?;
@@ -645,51 +450,28 @@ impl Loop<'_> {
         let started = Instant::now();
         let mut processed = 0u64;
         for e in &changes.ids {
-            let id: StreamId = e.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let Some(chunk) = e
-                .map
-                .get("d")
-                .and_then(bytes)
-                .and_then(|b| TxChunk::decode(b).ok())
-            else {
+            let at: StreamId = e.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let chunk = decode_entry(&e.map);
+            if chunk.is_none() {
                 tracing::warn!(id = %e.id, "skipping an unreadable stream entry");
-                self.cursor = id;
-                continue;
-            };
-            let mut frames = std::mem::take(&mut self.frames);
-            frames.clear();
-            let _span = common::telemetry::change_traced(chunk.lsn).then(|| {
-                let span = tracing::info_span!(
-                    target: common::telemetry::OTEL_TARGET,
-                    "change.match",
-                    lsn = chunk.lsn,
-                    chunk = chunk.seq,
-                    changes = chunk.changes.len(),
-                    worker = %self.cfg.worker_id,
-                );
-                common::telemetry::join_change_trace(&span, chunk.lsn);
-                span
-            });
-            match_chunk(
-                &mut self.index,
-                &self.cfg.db_schema,
-                &chunk,
-                MatchScope::All,
-                &mut frames,
-            );
-            for f in &frames {
-                let entry = self.index.get(f.slot).expect("matched slot is live");
-                for gw in &entry.gateways {
-                    append(&mut self.out, gw, f, &chunk);
-                }
             }
-            self.stats
-                .frames
-                .fetch_add(frames.len() as u64, Ordering::Relaxed);
-            self.frames = frames;
-            self.cursor = id;
-            processed += chunk.changes.len() as u64;
-            if self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE) {
+            let _span = chunk
+                .as_ref()
+                .filter(|c| common::telemetry::change_traced(c.lsn))
+                .map(|c| {
+                    let span = tracing::info_span!(
+                        target: common::telemetry::OTEL_TARGET,
+                        "change.match",
+                        lsn = c.lsn,
+                        chunk = c.seq,
+                        changes = c.changes.len(),
+                        worker = %self.cfg.worker_id,
+                    );
+                    common::telemetry::join_change_trace(&span, c.lsn);
+                    span
+                });
+            processed += self.core.match_live(at, chunk.as_ref()) as u64;
+            if self.core.over_budget() {
                 self.flush().await?;
             }
         }
@@ -702,7 +484,7 @@ impl Loop<'_> {
             .fetch_add(changes.ids.len() as u64, Ordering::Relaxed);
         self.stats
             .cursor_lsn
-            .store(self.cursor.lsn, Ordering::Relaxed);
+            .store(self.core.cursor().lsn, Ordering::Relaxed);
         self.flush().await?;
         self.checkpoint_due().await
     }
@@ -716,53 +498,15 @@ impl Loop<'_> {
         self.checkpoint(&owned).await
     }
 
-    /// Apply a ctl entry if it concerns an owned shard and is newer than that shard's load.
-    fn apply_ctl(&mut self, at: StreamId, map: &HashMap<String, redis::Value>) {
-        let entry = match CtlEntry::decode(|k| map.get(k).and_then(bytes)) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(id = %at, error = %e, "ignoring an unreadable ctl entry");
-                return;
-            }
-        };
-        let n = shard_of(entry.query(), self.cfg.shards);
-        if self.loaded_at.get(&n).is_none_or(|loaded| at <= *loaded) {
-            return; // not ours, or already part of what we loaded
-        }
-        match entry {
-            CtlEntry::Register {
-                query,
-                gateway,
-                replay,
-                definition,
-            } => {
-                let Some(def) = serde_json::from_str::<NormalizedQuery>(&definition)
-                    .ok()
-                    .filter(|q| q.id() == query)
-                else {
-                    tracing::warn!(query = %query, "ignoring a registration with an unreadable definition");
-                    return;
-                };
-                self.index.register(query, n, Arc::new(def), &gateway);
-                self.schedule_query_replay(query, &gateway, n, replay);
-            }
-            CtlEntry::Unregister { query, gateway } => {
-                self.index.unregister(&query, &gateway);
-            }
-        }
-    }
-
     /// Publish every pending gateway message.
     async fn flush(&mut self) -> anyhow::Result<()> {
-        if self.out.msgs.is_empty() {
+        let Messages { msgs, frames } = self.core.take_messages();
+        if msgs.is_empty() {
             return Ok(());
         }
-        let frames = std::mem::take(&mut self.out.frames);
         let publish = self.redis.publish_command();
-        let cmds: Vec<redis::Cmd> = self
-            .out
-            .msgs
-            .drain()
+        let cmds: Vec<redis::Cmd> = msgs
+            .into_iter()
             .map(|(gw, msg)| {
                 let mut c = redis::cmd(publish);
                 c.arg(self.keys.gateway_channel(&gw)).arg(msg);
@@ -778,6 +522,7 @@ impl Loop<'_> {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("realtime_published_messages_total").increment(cmds.len() as u64);
         metrics::counter!("realtime_published_frames_total").increment(frames);
+        self.stats.frames.fetch_add(frames, Ordering::Relaxed);
         self.stats
             .messages
             .fetch_add(cmds.len() as u64, Ordering::Relaxed);
@@ -790,7 +535,7 @@ impl Loop<'_> {
         if shards.is_empty() {
             return Ok(());
         }
-        let pos = self.cursor.to_string();
+        let pos = self.core.cursor().to_string();
         let calls: Vec<(Vec<String>, Vec<String>)> = shards
             .iter()
             .map(|n| {
@@ -809,7 +554,7 @@ impl Loop<'_> {
 
     /// Remove the registrations of gateways whose liveness key expired.
     async fn drop_dead_gateways(&mut self) -> anyhow::Result<()> {
-        let gateways = self.index.gateways();
+        let gateways = self.core.gateways();
         if gateways.is_empty() {
             return Ok(());
         }
@@ -826,12 +571,7 @@ impl Loop<'_> {
             if alive != redis::Value::Int(0) {
                 continue;
             }
-            let queries: Vec<(QueryId, u32)> = self
-                .index
-                .entries()
-                .filter(|e| e.gateways.iter().any(|g| g == gw))
-                .map(|e| (e.id, e.shard))
-                .collect();
+            let queries = self.core.drop_gateway(gw);
             tracing::info!(gateway = %gw, queries = queries.len(), "removing the registrations of a gateway that stopped heartbeating");
             for (id, n) in queries {
                 let _: i64 = self
@@ -853,7 +593,6 @@ impl Loop<'_> {
                     .query_async(&mut self.cmd)
                     .await?;
             }
-            self.index.drop_gateway(gw);
             let _: () = redis::cmd("SREM")
                 .arg(self.keys.gateways())
                 .arg(&**gw)
@@ -873,19 +612,10 @@ impl Loop<'_> {
     }
 }
 
-/// Messages waiting to be published, one per gateway.
-#[derive(Default)]
-struct Outgoing {
-    msgs: HashMap<Arc<str>, Vec<u8>>,
-    /// Event entries in `msgs` (for the published-frames counter).
-    frames: u64,
-}
-
-fn append(out: &mut Outgoing, gw: &Arc<str>, f: &Frame, chunk: &TxChunk) {
-    out.frames += 1;
-    let msg = out
-        .msgs
-        .entry(gw.clone())
-        .or_insert_with(common::delivery::start_batch);
-    append_entry(msg, f.query, f.pos, chunk.xid, chunk.commit_time, &f.body);
+/// The chunk a change stream entry carries (`None` if unreadable).
+fn decode_entry(fields: &HashMap<String, redis::Value>) -> Option<TxChunk> {
+    fields
+        .get("d")
+        .and_then(bytes)
+        .and_then(|b| TxChunk::decode(b).ok())
 }

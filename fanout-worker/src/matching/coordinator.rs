@@ -1,0 +1,511 @@
+//! The matching role's rules, with no I/O: which registrations apply, what is replayed for whom, and what
+//! each gateway is sent. The Redis driver ([`super::driver`]) feeds it what it read and carries out what
+//! it asks for; everything here is unit-tested with plain values (`tests.rs`).
+//!
+//! Inputs: ctl entries ([`Coordinator::apply_ctl`]), change chunks read live ([`Coordinator::match_live`]),
+//! shard moves ([`Coordinator::load_shard`], [`Coordinator::drop_shard`]), chunks re-read for a replay pass
+//! ([`Coordinator::replay_chunk`]), and gateways found dead ([`Coordinator::drop_gateway`]).
+//! Outputs: gateway messages to publish ([`Coordinator::take_messages`]), the position to checkpoint
+//! ([`Coordinator::cursor`]), the stream range a replay pass must re-read ([`ReplayPass::range`]), and the
+//! registrations whose replay was served ([`Coordinator::finish_replays`]).
+//!
+//! The exactly-once rules it keeps (gateways drop what they already delivered, by position, so every
+//! rule errs on the side of sending again):
+//! - A ctl entry counts only for an owned shard and only if it is newer than the shard's load: the load
+//!   read the ctl position first and the shard's hashes second, so older entries are already in it.
+//! - A registration that asks for a replay gets the stream re-read from its LSN up to the cursor, for
+//!   that (query, gateway) only, closed by a replay-done entry carrying its request; changes after the
+//!   cursor reach it live. Registrations are applied before the changes read in the same round.
+//! - A newly loaded shard replays from its checkpoint to the cursor, for all its queries and gateways.
+//! - All replays queued at one time share one pass over the union of their ranges (each chunk decoded
+//!   once); a burst of ten thousand registrations would otherwise re-read the same window each.
+
+use super::index::{Index, Slot};
+use super::matcher::{Frame, Scope, match_chunk};
+use common::change::{StreamId, TxChunk};
+use common::ctl::{self, CtlEntry, CtlError, RegField, ReplayRequest};
+use common::delivery::{Position, append_entry, append_replay_done};
+use common::normalize::{NormalizedQuery, QueryId};
+use common::shard::shard_of;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Publish a gateway's message once it grows past this, even mid-batch (bounds memory per gateway).
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// Catch a newly loaded shard up from its checkpoint (all its queries, all their gateways).
+    Shard(u32),
+    /// A registration asking for a replay: one query, one gateway. Ends with a replay-done entry
+    /// carrying `request`.
+    Query {
+        id: QueryId,
+        gateway: Arc<str>,
+        shard: u32,
+        request: ReplayRequest,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Replay {
+    target: Target,
+    from: StreamId,
+    to: StreamId,
+}
+
+/// A registration whose replay was served: the driver marks it in the shard's `reg` hash (unless the
+/// gateway asked again meanwhile), so a later load of the shard does not replay it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub shard: u32,
+    pub field: RegField,
+    pub request: ReplayRequest,
+}
+
+/// What one ctl entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtlOutcome {
+    Applied,
+    /// For a shard this worker does not own, or already contained in the shard's load.
+    NotOurs,
+    /// Unreadable (logged by the caller); its position still counts as read.
+    Invalid,
+}
+
+/// One pass over the stream serving every replay queued when it started.
+pub struct ReplayPass {
+    batch: Vec<Replay>,
+    from: StreamId,
+    to: StreamId,
+    /// Shards catching up, with the range each wants.
+    shard_ranges: HashMap<u32, (StreamId, StreamId)>,
+    /// (query, gateway) replays by the query's slot.
+    query_ranges: HashMap<Slot, Vec<(StreamId, StreamId, Arc<str>)>>,
+    /// The shard of every query a shard replay covers.
+    shard_of_slot: HashMap<Slot, u32>,
+    /// The union's bounds over all query replays: a cheap first test before decoding a chunk.
+    query_span: (StreamId, StreamId),
+}
+
+fn within(at: StreamId, (f, t): (StreamId, StreamId)) -> bool {
+    f <= at && at <= t
+}
+
+impl ReplayPass {
+    /// The stream range to re-read (inclusive), or `None` when nothing needs reading (the replay-done
+    /// entries are still due: call [`Coordinator::finish_replays`]).
+    pub fn range(&self) -> Option<(StreamId, StreamId)> {
+        let empty = self.shard_ranges.is_empty() && self.query_ranges.is_empty();
+        (self.from <= self.to && !empty).then_some((self.from, self.to))
+    }
+
+    /// Whether the entry at `at` can matter to this pass (decode it only then).
+    pub fn wants(&self, at: StreamId) -> bool {
+        within(at, self.query_span) || self.shard_ranges.values().any(|r| within(at, *r))
+    }
+
+    /// How many replays the pass serves.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+/// Messages waiting to be published, one per gateway.
+#[derive(Default)]
+struct Outgoing {
+    msgs: HashMap<Arc<str>, Vec<u8>>,
+    /// Event entries in `msgs` (for the published-frames counter).
+    frames: u64,
+}
+
+impl Outgoing {
+    fn append(&mut self, gw: &Arc<str>, f: &Frame, chunk: &TxChunk) {
+        self.frames += 1;
+        let msg = self
+            .msgs
+            .entry(gw.clone())
+            .or_insert_with(common::delivery::start_batch);
+        append_entry(msg, f.query, f.pos, chunk.xid, chunk.commit_time, &f.body);
+    }
+}
+
+/// Gateway messages ready to publish, and how many event entries they hold.
+#[derive(Debug, Default)]
+pub struct Messages {
+    pub msgs: Vec<(Arc<str>, Vec<u8>)>,
+    pub frames: u64,
+}
+
+pub struct Coordinator {
+    schema: String,
+    shards: u32,
+    index: Index,
+    /// The last change stream entry matched live.
+    cursor: StreamId,
+    /// The last ctl stream entry read.
+    ctl: StreamId,
+    /// Per owned shard, the ctl position its registrations were loaded at: older entries are in the load.
+    loaded_at: BTreeMap<u32, StreamId>,
+    replays: VecDeque<Replay>,
+    out: Outgoing,
+    /// Reused between chunks.
+    frames: Vec<Frame>,
+}
+
+impl Coordinator {
+    /// `schema`: the PostgreSQL schema whose tables are matched; `shards`: the cluster's shard count;
+    /// `cursor`/`ctl`: where the streams are read from.
+    pub fn new(schema: &str, shards: u32, cursor: StreamId, ctl: StreamId) -> Coordinator {
+        Coordinator {
+            schema: schema.to_owned(),
+            shards,
+            index: Index::default(),
+            cursor,
+            ctl,
+            loaded_at: BTreeMap::new(),
+            replays: VecDeque::new(),
+            out: Outgoing::default(),
+            frames: Vec::new(),
+        }
+    }
+
+    pub fn cursor(&self) -> StreamId {
+        self.cursor
+    }
+
+    pub fn ctl_position(&self) -> StreamId {
+        self.ctl
+    }
+
+    /// The ctl stream was trimmed past our position: carry on from `at` (the owned shards are reloaded).
+    pub fn skip_ctl_to(&mut self, at: StreamId) {
+        self.ctl = at;
+    }
+
+    pub fn query_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn replays_queued(&self) -> usize {
+        self.replays.len()
+    }
+
+    /// Gateways some registration names.
+    pub fn gateways(&self) -> Vec<Arc<str>> {
+        self.index.gateways()
+    }
+
+    /// Shards whose registrations are loaded.
+    pub fn loaded_shards(&self) -> impl Iterator<Item = u32> + '_ {
+        self.loaded_at.keys().copied()
+    }
+
+    /// Apply a ctl entry read at `at`.
+    pub fn apply_ctl(&mut self, at: StreamId, entry: Result<CtlEntry, CtlError>) -> CtlOutcome {
+        self.ctl = self.ctl.max(at);
+        let Ok(entry) = entry else {
+            return CtlOutcome::Invalid;
+        };
+        let n = shard_of(entry.query(), self.shards);
+        if self.loaded_at.get(&n).is_none_or(|loaded| at <= *loaded) {
+            return CtlOutcome::NotOurs;
+        }
+        match entry {
+            CtlEntry::Register {
+                query,
+                gateway,
+                replay,
+                definition,
+            } => {
+                let Some(def) = serde_json::from_str::<NormalizedQuery>(&definition)
+                    .ok()
+                    .filter(|q| q.id() == query)
+                else {
+                    return CtlOutcome::Invalid;
+                };
+                self.index.register(query, n, Arc::new(def), &gateway);
+                self.schedule_query_replay(query, &gateway, n, replay);
+            }
+            CtlEntry::Unregister { query, gateway } => {
+                self.index.unregister(&query, &gateway);
+            }
+        }
+        CtlOutcome::Applied
+    }
+
+    fn schedule_query_replay(&mut self, id: QueryId, gw: &str, shard: u32, replay: ctl::Replay) {
+        let ctl::Replay::From(request) = replay else {
+            return;
+        };
+        // A replay starting after the cursor re-reads nothing but still sends its replay-done entry,
+        // which the gateway may be waiting for.
+        self.replays.push_back(Replay {
+            target: Target::Query {
+                id,
+                gateway: gw.into(),
+                shard,
+                request,
+            },
+            from: StreamId {
+                lsn: request.from,
+                seq: 0,
+            },
+            to: self.cursor,
+        });
+    }
+
+    /// A shard was acquired and read: `at` is the ctl position read *before* its hashes, `defs` its
+    /// query definitions (id, canonical JSON), `regs` its registrations (field, replay), `checkpoint`
+    /// the position its last owner published up to. Returns the definitions and registrations that
+    /// could not be read.
+    pub fn load_shard(
+        &mut self,
+        n: u32,
+        at: StreamId,
+        defs: &[(String, String)],
+        regs: &[(String, String)],
+        checkpoint: Option<StreamId>,
+    ) -> usize {
+        let mut unreadable = 0;
+        let mut parsed: HashMap<QueryId, Arc<NormalizedQuery>> = HashMap::new();
+        for (id, json) in defs {
+            match serde_json::from_str::<NormalizedQuery>(json) {
+                Ok(q) if q.id().to_string() == *id => {
+                    parsed.insert(q.id(), Arc::new(q));
+                }
+                _ => unreadable += 1,
+            }
+        }
+        for (field, replay) in regs {
+            let (Some(reg), Some(replay)) = (
+                RegField::decode(field),
+                ctl::Replay::decode(replay.as_bytes()),
+            ) else {
+                unreadable += 1;
+                continue;
+            };
+            // A registration whose definition is gone is being removed: skip it.
+            let Some(def) = parsed.get(&reg.query) else {
+                continue;
+            };
+            self.index.register(reg.query, n, def.clone(), &reg.gateway);
+            self.schedule_query_replay(reg.query, &reg.gateway, n, replay);
+        }
+        self.loaded_at.insert(n, at);
+        if let Some(from) = checkpoint
+            && from < self.cursor
+        {
+            // Before the shard's query replays: they may start later and are closed after the pass.
+            self.replays.push_front(Replay {
+                target: Target::Shard(n),
+                from,
+                to: self.cursor,
+            });
+        }
+        unreadable
+    }
+
+    /// Forget a shard (released, or its lease was lost): its queries and its queued replays.
+    pub fn drop_shard(&mut self, n: u32) {
+        self.index.remove_shard(n);
+        self.loaded_at.remove(&n);
+        self.replays.retain(|r| match &r.target {
+            Target::Shard(s) => *s != n,
+            Target::Query { shard, .. } => *shard != n,
+        });
+    }
+
+    /// Match one change stream entry read live; `None` for an unreadable entry (skipped). Returns the
+    /// number of changes matched.
+    pub fn match_live(&mut self, at: StreamId, chunk: Option<&TxChunk>) -> usize {
+        self.cursor = at;
+        let Some(chunk) = chunk else {
+            return 0;
+        };
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
+        match_chunk(
+            &mut self.index,
+            &self.schema,
+            chunk,
+            Scope::All,
+            &mut frames,
+        );
+        for f in &frames {
+            let entry = self.index.get(f.slot).expect("matched slot is live");
+            for gw in &entry.gateways {
+                self.out.append(gw, f, chunk);
+            }
+        }
+        self.frames = frames;
+        chunk.changes.len()
+    }
+
+    /// Take every queued replay into one pass.
+    pub fn start_replays(&mut self) -> Option<ReplayPass> {
+        if self.replays.is_empty() {
+            return None;
+        }
+        let batch: Vec<Replay> = self.replays.drain(..).collect();
+        let from = batch.iter().map(|r| r.from).min().expect("non-empty");
+        let to = batch.iter().map(|r| r.to).max().expect("non-empty");
+        let mut shard_ranges: HashMap<u32, (StreamId, StreamId)> = HashMap::new();
+        let mut query_ranges: HashMap<Slot, Vec<(StreamId, StreamId, Arc<str>)>> = HashMap::new();
+        for r in &batch {
+            match &r.target {
+                Target::Shard(n) => {
+                    let e = shard_ranges.entry(*n).or_insert((r.from, r.to));
+                    *e = (e.0.min(r.from), e.1.max(r.to));
+                }
+                Target::Query { id, gateway, .. } => {
+                    if let Some(slot) = self.index.slot_of(id) {
+                        query_ranges
+                            .entry(slot)
+                            .or_default()
+                            .push((r.from, r.to, gateway.clone()));
+                    }
+                }
+            }
+        }
+        let shard_of_slot: HashMap<Slot, u32> = if shard_ranges.is_empty() {
+            HashMap::new()
+        } else {
+            self.index
+                .entries_with_slots()
+                .filter(|(_, e)| shard_ranges.contains_key(&e.shard))
+                .map(|(slot, e)| (slot, e.shard))
+                .collect()
+        };
+        let empty_span = (
+            StreamId {
+                lsn: u64::MAX,
+                seq: u64::MAX,
+            },
+            StreamId::default(),
+        );
+        let query_span = query_ranges
+            .values()
+            .flatten()
+            .fold(empty_span, |(lo, hi), (f, t, _)| (lo.min(*f), hi.max(*t)));
+        Some(ReplayPass {
+            batch,
+            from,
+            to,
+            shard_ranges,
+            query_ranges,
+            shard_of_slot,
+            query_span,
+        })
+    }
+
+    /// Match one chunk re-read for `pass`, for the replays whose range contains it.
+    pub fn replay_chunk(&mut self, pass: &ReplayPass, at: StreamId, chunk: &TxChunk) {
+        let shards: Vec<u32> = pass
+            .shard_ranges
+            .iter()
+            .filter(|(_, r)| within(at, **r))
+            .map(|(n, _)| *n)
+            .collect();
+        let wanted = |slot: Slot| {
+            pass.shard_of_slot
+                .get(&slot)
+                .is_some_and(|n| shards.contains(n))
+                || pass
+                    .query_ranges
+                    .get(&slot)
+                    .is_some_and(|rs| rs.iter().any(|(f, t, _)| within(at, (*f, *t))))
+        };
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
+        match_chunk(
+            &mut self.index,
+            &self.schema,
+            chunk,
+            Scope::Where(&wanted),
+            &mut frames,
+        );
+        for f in &frames {
+            let Some(entry) = self.index.get(f.slot) else {
+                continue;
+            };
+            if shards.contains(&entry.shard) {
+                for gw in &entry.gateways {
+                    self.out.append(gw, f, chunk);
+                }
+            } else if let Some(rs) = pass.query_ranges.get(&f.slot) {
+                for (_, _, gw) in rs.iter().filter(|(f, t, _)| within(at, (*f, *t))) {
+                    self.out.append(gw, f, chunk);
+                }
+            }
+        }
+        self.frames = frames;
+    }
+
+    /// The pass is over: close each query replay with its replay-done entry (after what it replayed).
+    /// Returns the registrations to mark as served.
+    pub fn finish_replays(&mut self, pass: ReplayPass) -> Vec<Served> {
+        let mut served = Vec::new();
+        for r in pass.batch {
+            let Target::Query {
+                id,
+                gateway,
+                shard,
+                request,
+            } = r.target
+            else {
+                continue;
+            };
+            let msg = self
+                .out
+                .msgs
+                .entry(gateway.clone())
+                .or_insert_with(common::delivery::start_batch);
+            let upto = Position {
+                lsn: r.to.lsn,
+                seq: r.to.seq as u32,
+                idx: u16::MAX,
+            };
+            append_replay_done(msg, id, upto, request.encode().as_bytes());
+            served.push(Served {
+                shard,
+                field: RegField::new(id, &gateway),
+                request,
+            });
+        }
+        served
+    }
+
+    /// Whether some gateway's message should be published now, mid-batch.
+    pub fn over_budget(&self) -> bool {
+        self.out.msgs.values().any(|m| m.len() > MAX_MESSAGE)
+    }
+
+    /// The messages to publish now.
+    pub fn take_messages(&mut self) -> Messages {
+        Messages {
+            msgs: self.out.msgs.drain().collect(),
+            frames: std::mem::take(&mut self.out.frames),
+        }
+    }
+
+    /// A gateway stopped heartbeating: forget its registrations. Returns (query, shard) of each, for
+    /// the driver to remove from Redis.
+    pub fn drop_gateway(&mut self, gw: &str) -> Vec<(QueryId, u32)> {
+        let queries: Vec<(QueryId, u32)> = self
+            .index
+            .entries()
+            .filter(|e| e.gateways.iter().any(|g| &**g == gw))
+            .map(|e| (e.id, e.shard))
+            .collect();
+        self.index.drop_gateway(gw);
+        queries
+    }
+}
+
+#[cfg(test)]
+mod tests;

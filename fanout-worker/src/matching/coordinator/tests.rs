@@ -1,0 +1,412 @@
+//! The coordinator's rules, one test each, with plain values (no Redis).
+
+use super::*;
+use common::change::{Cell, Change, RelColumn, Relation};
+use common::delivery::{EntryKind, decode_batch};
+use common::filter::{Limits, VarContext};
+use common::normalize::{Access, NormalizeLimits, normalize};
+use common::query::{QueryConfig, parse_query};
+use common::schema::{Collection, Column};
+use common::value::Kind;
+use serde_json::json;
+
+const SHARDS: u32 = 4;
+
+fn coll() -> Collection {
+    let c = |n: &str, k: Kind| Column {
+        name: n.into(),
+        kind: k,
+        special: Default::default(),
+    };
+    Collection::new(
+        "items",
+        "public",
+        "id",
+        vec![c("id", Kind::Int4), c("grp", Kind::Int4)],
+    )
+}
+
+/// A query on `items` selecting `grp = g`.
+fn query(g: i64) -> NormalizedQuery {
+    let q = json!({"fields":["id","grp"],"filter":{"grp":{"_eq":g}}});
+    let params = parse_query(q.as_object(), &QueryConfig::default()).unwrap();
+    normalize(
+        &coll(),
+        None,
+        None,
+        &params,
+        &Access::Admin,
+        &VarContext::default(),
+        NormalizeLimits {
+            filter: Limits::default(),
+        },
+    )
+    .unwrap()
+    .query
+}
+
+fn id(lsn: u64) -> StreamId {
+    StreamId { lsn, seq: 0 }
+}
+
+/// A one-row insert into `items` committed at `lsn`.
+fn insert(lsn: u64, row: i64, grp: i64) -> TxChunk {
+    TxChunk {
+        lsn,
+        end_lsn: lsn + 1,
+        xid: lsn as u32,
+        commit_time: 0,
+        seq: 0,
+        last: true,
+        relations: vec![Relation {
+            id: 1,
+            schema: "public".into(),
+            table: "items".into(),
+            identity: 'f',
+            columns: vec![
+                RelColumn {
+                    name: "id".into(),
+                    kind: Kind::Int4,
+                    key: true,
+                },
+                RelColumn {
+                    name: "grp".into(),
+                    kind: Kind::Int4,
+                    key: false,
+                },
+            ],
+        }],
+        changes: vec![Change::Insert {
+            rel: 1,
+            new: vec![Cell::Text(row.to_string()), Cell::Text(grp.to_string())],
+        }],
+    }
+}
+
+fn register(q: &NormalizedQuery, gw: &str, replay: ctl::Replay) -> CtlEntry {
+    CtlEntry::Register {
+        query: q.id(),
+        gateway: gw.into(),
+        replay,
+        definition: q.canonical_json(),
+    }
+}
+
+fn from(lsn: u64, token: u64) -> ctl::Replay {
+    ctl::Replay::From(ReplayRequest { from: lsn, token })
+}
+
+/// What each gateway was sent: (kind, commit LSN, body or replay-done request) per entry, in order.
+fn sent(c: &mut Coordinator) -> BTreeMap<String, Vec<(EntryKind, u64, String)>> {
+    let mut out = BTreeMap::new();
+    for (gw, msg) in c.take_messages().msgs {
+        let entries = decode_batch(&msg).unwrap();
+        let list: Vec<(EntryKind, u64, String)> = entries
+            .into_iter()
+            .map(|e| {
+                let body = String::from_utf8_lossy(&msg[e.body]).into_owned();
+                (e.kind, e.pos.lsn, body)
+            })
+            .collect();
+        out.insert(gw.to_string(), list);
+    }
+    out
+}
+
+fn lsns(list: &[(EntryKind, u64, String)]) -> Vec<(EntryKind, u64)> {
+    list.iter().map(|(k, l, _)| (*k, *l)).collect()
+}
+
+/// A coordinator at cursor `cursor` that owns every shard, loaded at ctl position 10.
+fn owning_all(cursor: u64) -> Coordinator {
+    let mut c = Coordinator::new("public", SHARDS, id(cursor), id(10));
+    for n in 0..SHARDS {
+        c.load_shard(n, id(10), &[], &[], None);
+    }
+    c
+}
+
+#[test]
+fn ctl_entries_count_only_for_loaded_shards_and_only_after_the_load() {
+    let q = query(1);
+    let n = shard_of(q.id(), SHARDS);
+    let mut c = Coordinator::new("public", SHARDS, id(100), id(0));
+    let reg = || Ok(register(&q, "gw", ctl::Replay::Live));
+    assert_eq!(
+        c.apply_ctl(id(5), reg()),
+        CtlOutcome::NotOurs,
+        "shard not loaded"
+    );
+    c.load_shard(n, id(10), &[], &[], None);
+    assert_eq!(
+        c.apply_ctl(id(9), reg()),
+        CtlOutcome::NotOurs,
+        "already in the load"
+    );
+    assert_eq!(
+        c.apply_ctl(id(10), reg()),
+        CtlOutcome::NotOurs,
+        "at the load position"
+    );
+    assert_eq!(c.query_count(), 0);
+    assert_eq!(c.apply_ctl(id(11), reg()), CtlOutcome::Applied);
+    assert_eq!(c.query_count(), 1);
+    assert_eq!(
+        c.apply_ctl(id(12), Err(CtlError::Missing("op"))),
+        CtlOutcome::Invalid
+    );
+    assert_eq!(
+        c.ctl_position(),
+        id(12),
+        "an unreadable entry still counts as read"
+    );
+    let mut bad = register(&q, "gw", ctl::Replay::Live);
+    if let CtlEntry::Register { definition, .. } = &mut bad {
+        *definition = query(2).canonical_json(); // does not hash to the announced id
+    }
+    assert_eq!(c.apply_ctl(id(13), Ok(bad)), CtlOutcome::Invalid);
+    assert_eq!(c.query_count(), 1);
+    let unreg = CtlEntry::Unregister {
+        query: q.id(),
+        gateway: "gw".into(),
+    };
+    assert_eq!(c.apply_ctl(id(14), Ok(unreg)), CtlOutcome::Applied);
+    assert_eq!(c.query_count(), 0);
+}
+
+#[test]
+fn live_changes_reach_the_registered_gateways_of_matching_queries() {
+    let (q1, q2) = (query(1), query(2));
+    let mut c = owning_all(100);
+    c.apply_ctl(id(11), Ok(register(&q1, "a", ctl::Replay::Live)));
+    c.apply_ctl(id(12), Ok(register(&q1, "b", ctl::Replay::Live)));
+    c.apply_ctl(id(13), Ok(register(&q2, "c", ctl::Replay::Live)));
+    assert!(
+        c.start_replays().is_none(),
+        "live registrations replay nothing"
+    );
+    assert_eq!(c.match_live(id(200), Some(&insert(200, 7, 1))), 1);
+    assert_eq!(c.cursor(), id(200));
+    let out = sent(&mut c);
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(lsns(&out["a"]), [(EntryKind::Event, 200)]);
+    assert!(
+        out["a"][0].2.contains(r#""event":"create""#),
+        "{:?}",
+        out["a"]
+    );
+    // An unreadable entry moves the cursor and sends nothing.
+    assert_eq!(c.match_live(id(201), None), 0);
+    assert_eq!(c.cursor(), id(201));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn a_registration_replays_from_its_lsn_to_the_cursor_then_says_done() {
+    let q = query(1);
+    let mut c = owning_all(300);
+    c.apply_ctl(id(11), Ok(register(&q, "gw", from(150, 7))));
+    let pass = c.start_replays().expect("a replay is queued");
+    assert_eq!(pass.range(), Some((id(150), id(300))));
+    assert!(!pass.wants(id(100)), "before the request");
+    assert!(pass.wants(id(200)));
+    assert!(!pass.wants(id(301)), "after the cursor: reaches it live");
+    c.replay_chunk(&pass, id(200), &insert(200, 1, 1));
+    c.replay_chunk(&pass, id(250), &insert(250, 2, 9)); // not selected by the query
+    let served = c.finish_replays(pass);
+    assert_eq!(
+        served,
+        [Served {
+            shard: shard_of(q.id(), SHARDS),
+            field: RegField::new(q.id(), "gw"),
+            request: ReplayRequest {
+                from: 150,
+                token: 7
+            },
+        }]
+    );
+    let out = sent(&mut c);
+    assert_eq!(
+        lsns(&out["gw"]),
+        [(EntryKind::Event, 200), (EntryKind::ReplayDone, 300)],
+        "the replayed event, then the end of the replay at the cursor"
+    );
+    assert_eq!(
+        out["gw"][1].2, "150@7",
+        "the end names the request it answers"
+    );
+}
+
+#[test]
+fn a_replay_asked_beyond_the_cursor_reads_nothing_but_still_ends() {
+    let q = query(1);
+    let mut c = owning_all(100);
+    c.apply_ctl(id(11), Ok(register(&q, "gw", from(500, 1))));
+    let pass = c.start_replays().unwrap();
+    assert_eq!(pass.range(), None);
+    assert_eq!(c.finish_replays(pass).len(), 1);
+    assert_eq!(lsns(&sent(&mut c)["gw"]), [(EntryKind::ReplayDone, 100)]);
+}
+
+#[test]
+fn replays_queued_together_share_one_pass_and_each_gets_only_its_range() {
+    let q = query(1);
+    let mut c = owning_all(400);
+    c.apply_ctl(id(11), Ok(register(&q, "early", from(100, 1))));
+    c.apply_ctl(id(12), Ok(register(&q, "late", from(300, 2))));
+    assert_eq!(c.replays_queued(), 2);
+    let pass = c.start_replays().unwrap();
+    assert_eq!(pass.len(), 2);
+    assert_eq!(pass.range(), Some((id(100), id(400))), "the union of both");
+    for lsn in [150, 350] {
+        c.replay_chunk(&pass, id(lsn), &insert(lsn, lsn as i64, 1));
+    }
+    c.finish_replays(pass);
+    let out = sent(&mut c);
+    assert_eq!(
+        lsns(&out["early"]),
+        [
+            (EntryKind::Event, 150),
+            (EntryKind::Event, 350),
+            (EntryKind::ReplayDone, 400)
+        ]
+    );
+    assert_eq!(
+        lsns(&out["late"]),
+        [(EntryKind::Event, 350), (EntryKind::ReplayDone, 400)]
+    );
+    assert!(c.start_replays().is_none(), "the queue was drained");
+}
+
+#[test]
+fn a_loaded_shard_gets_its_registrations_and_catches_up_from_its_checkpoint() {
+    let q = query(1);
+    let n = shard_of(q.id(), SHARDS);
+    let defs = vec![(q.id().to_string(), q.canonical_json())];
+    let regs = vec![
+        (RegField::new(q.id(), "a").encode(), "-".to_owned()),
+        (RegField::new(q.id(), "b").encode(), "250@3".to_owned()),
+        // A registration whose definition is gone (being removed) is skipped.
+        (RegField::new(query(5).id(), "c").encode(), "-".to_owned()),
+    ];
+    let mut c = Coordinator::new("public", SHARDS, id(300), id(0));
+    assert_eq!(c.load_shard(n, id(20), &defs, &regs, Some(id(200))), 0);
+    assert_eq!(c.query_count(), 1);
+    let pass = c.start_replays().unwrap();
+    assert_eq!(
+        pass.len(),
+        2,
+        "the shard's catch-up and b's pending request"
+    );
+    assert_eq!(pass.range(), Some((id(200), id(300))));
+    c.replay_chunk(&pass, id(220), &insert(220, 1, 1));
+    c.replay_chunk(&pass, id(260), &insert(260, 2, 1));
+    c.finish_replays(pass);
+    let out = sent(&mut c);
+    assert_eq!(
+        lsns(&out["a"]),
+        [(EntryKind::Event, 220), (EntryKind::Event, 260)],
+        "the catch-up goes to every gateway of the shard's queries"
+    );
+    // b's request lies inside the catch-up, which already sends it everything once; then its end.
+    assert_eq!(
+        lsns(&out["b"]),
+        [
+            (EntryKind::Event, 220),
+            (EntryKind::Event, 260),
+            (EntryKind::ReplayDone, 300)
+        ]
+    );
+    // A ctl entry from before the load repeats what was loaded and is ignored.
+    assert_eq!(
+        c.apply_ctl(id(15), Ok(register(&q, "a", ctl::Replay::Live))),
+        CtlOutcome::NotOurs
+    );
+}
+
+#[test]
+fn a_checkpoint_at_or_past_the_cursor_needs_no_catch_up() {
+    let mut c = Coordinator::new("public", SHARDS, id(300), id(0));
+    c.load_shard(0, id(1), &[], &[], Some(id(300)));
+    c.load_shard(1, id(1), &[], &[], Some(id(400)));
+    c.load_shard(2, id(1), &[], &[], None);
+    assert!(c.start_replays().is_none());
+}
+
+#[test]
+fn unreadable_definitions_and_registrations_are_counted_and_skipped() {
+    let q = query(1);
+    let n = shard_of(q.id(), SHARDS);
+    let defs = vec![
+        (q.id().to_string(), q.canonical_json()),
+        ("00".into(), q.canonical_json()), // id does not match the definition
+        (query(2).id().to_string(), "{not json".into()),
+    ];
+    let regs = vec![
+        ("no-bar".to_owned(), "-".to_owned()),
+        (RegField::new(q.id(), "a").encode(), "1@x".to_owned()),
+        (RegField::new(q.id(), "b").encode(), "-".to_owned()),
+    ];
+    let mut c = Coordinator::new("public", SHARDS, id(300), id(0));
+    assert_eq!(c.load_shard(n, id(1), &defs, &regs, None), 4);
+    assert_eq!(
+        c.gateways()
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+}
+
+#[test]
+fn dropping_a_shard_forgets_its_queries_and_its_queued_replays() {
+    let q1 = query(1);
+    let q2 = (2..)
+        .map(query)
+        .find(|q| shard_of(q.id(), SHARDS) != shard_of(q1.id(), SHARDS))
+        .unwrap();
+    let mut c = owning_all(300);
+    c.apply_ctl(id(11), Ok(register(&q1, "gw", from(100, 1))));
+    c.apply_ctl(id(12), Ok(register(&q2, "gw", from(100, 2))));
+    c.drop_shard(shard_of(q1.id(), SHARDS));
+    assert_eq!(c.query_count(), 1);
+    let pass = c.start_replays().unwrap();
+    assert_eq!(pass.len(), 1, "only q2's replay is left");
+    c.finish_replays(pass);
+    sent(&mut c);
+    c.match_live(id(301), Some(&insert(301, 1, 1)));
+    assert!(sent(&mut c).is_empty(), "q1 is gone");
+    assert_eq!(
+        c.apply_ctl(id(13), Ok(register(&q1, "gw", ctl::Replay::Live))),
+        CtlOutcome::NotOurs,
+        "the shard is no longer ours"
+    );
+}
+
+#[test]
+fn a_dead_gateway_loses_its_registrations_and_others_keep_theirs() {
+    let q = query(1);
+    let mut c = owning_all(100);
+    c.apply_ctl(id(11), Ok(register(&q, "dead", ctl::Replay::Live)));
+    c.apply_ctl(id(12), Ok(register(&q, "alive", ctl::Replay::Live)));
+    assert_eq!(c.drop_gateway("dead"), [(q.id(), shard_of(q.id(), SHARDS))]);
+    c.match_live(id(200), Some(&insert(200, 1, 1)));
+    assert_eq!(sent(&mut c).keys().collect::<Vec<_>>(), ["alive"]);
+    assert_eq!(c.drop_gateway("nobody"), []);
+}
+
+#[test]
+fn a_message_over_the_budget_asks_to_be_published() {
+    let q = query(1);
+    let mut c = owning_all(100);
+    c.apply_ctl(id(11), Ok(register(&q, "gw", ctl::Replay::Live)));
+    let mut lsn = 200;
+    while !c.over_budget() {
+        c.match_live(id(lsn), Some(&insert(lsn, lsn as i64, 1)));
+        lsn += 1;
+        assert!(lsn < 200_000, "never over budget");
+    }
+    let m = c.take_messages();
+    assert_eq!(m.frames, lsn - 200);
+    assert!(!c.over_budget());
+}
