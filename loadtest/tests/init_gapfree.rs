@@ -89,6 +89,65 @@ async fn a_query_registered_anew_replays_nothing_its_init_contains() {
     );
 }
 
+/// The same with the real `@directus/sdk`: a component that unmounts (unsubscribe) and mounts again
+/// (subscribe) around writes, on one socket. Each mount sees its `init` and nothing it already holds.
+#[tokio::test]
+async fn the_sdk_remounting_a_subscription_sees_no_stale_events() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let c = Cluster::start(cluster_opts(1, 1, "off")).await.unwrap();
+    let sql = c.sql().await.unwrap();
+    let dir = loadtest::services::node_client_dir().unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg("sdk-remount.mjs")
+        .arg(format!("http://{}", c.gateway_addr(0)))
+        .arg(loadtest::cluster::ADMIN_TOKEN)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async |wait: Duration| -> Option<Json> {
+        let line = tokio::time::timeout(wait, lines.next_line()).await.ok()?;
+        Some(serde_json::from_str(&line.unwrap().expect("the SDK script ended")).unwrap())
+    };
+    let mut stale = Vec::new();
+    for mount in 1..=8u64 {
+        stdin.write_all(b"sub\n").await.unwrap();
+        let mut got_init = false;
+        // Until the quiet period after init: only this mount's init may arrive.
+        while let Some(m) = next(if got_init { QUIET } else { WAIT }).await {
+            // Command acknowledgements, and the previous mount's unsubscribe confirmation (which the
+            // SDK hands to that subscription's iterator).
+            if m.get("ready").is_some() || m["event"] == "unsubscribe" {
+                continue;
+            }
+            if m["event"] == "init" && m["mount"] == mount && !got_init {
+                got_init = true;
+                continue;
+            }
+            stale.push(m);
+        }
+        assert!(got_init, "mount {mount}: no init; other messages: {stale:?}");
+        stdin.write_all(b"unsub\n").await.unwrap();
+        assert_eq!(next(WAIT).await.unwrap(), json!({"ready":"unsub"}));
+        for stmt in [
+            "INSERT INTO articles (title) VALUES ('a'), ('b')",
+            "DELETE FROM articles",
+            "INSERT INTO articles (title) VALUES ('c')",
+        ] {
+            sql.batch_execute(stmt).await.unwrap();
+        }
+    }
+    stdin.write_all(b"quit\n").await.unwrap();
+    assert!(
+        stale.is_empty(),
+        "events a remounted subscription already held: {stale:#?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The randomized run.
 
