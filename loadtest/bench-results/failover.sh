@@ -4,7 +4,7 @@
 # writes. The report shows the latency this costs and that nothing was lost, doubled or reordered.
 # Run from anywhere after `cargo build --release --workspace --bins`.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 L=target/release/loadtest
 pkill -f "loadtest up --port 18055" 2>/dev/null
 $L up --gateways 2 --workers 2 --port 18055 > /tmp/failover-up.log 2>&1 &
@@ -14,7 +14,7 @@ DB=$(grep -oE "postgres://[^ ]+" /tmp/failover-up.log | head -1)
 GW2=$(grep -oE "gateway 1: +ws://[^ ]+" /tmp/failover-up.log | grep -oE "ws://[^ ]+")
 echo "db=$DB gw2=$GW2"
 $L run --url ws://127.0.0.1:18055/websocket --url $GW2 --db $DB --token admin-static-token \
-   --scenario fanout --connections 2000 --rate 50 --duration 40 --out bench-results/failover-worker-kill > /tmp/failover-run.log 2>&1 &
+   --scenario fanout --connections 2000 --rate 50 --duration 40 --out loadtest/bench-results/failover-worker-kill > /tmp/failover-run.log 2>&1 &
 RUN=$!
 # Writes start after connect + idle; kill one worker well inside the write phase.
 for i in $(seq 1 120); do grep -q "\] write" /tmp/failover-run.log && break; sleep 0.5; done
