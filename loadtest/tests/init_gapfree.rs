@@ -130,7 +130,10 @@ async fn the_sdk_remounting_a_subscription_sees_no_stale_events() {
             }
             stale.push(m);
         }
-        assert!(got_init, "mount {mount}: no init; other messages: {stale:?}");
+        assert!(
+            got_init,
+            "mount {mount}: no init; other messages: {stale:?}"
+        );
         stdin.write_all(b"unsub\n").await.unwrap();
         assert_eq!(next(WAIT).await.unwrap(), json!({"ready":"unsub"}));
         for stmt in [

@@ -1,0 +1,117 @@
+//! Outbound frames, byte-for-byte as Directus builds them (key order of `fmtMessage` and
+//! `WebSocketError#toJSON`, the uid rules), and reading the error code back from an error frame.
+
+use super::{ErrorCode, EventKind, Uid};
+
+// ---------------------------------------------------------------------------------------------------------
+// Outbound frames (key order as Directus's fmtMessage / WebSocketError#toJSON)
+
+/// The code of a frame built by [`error_frame`], `None` for any other frame (for counting errors sent
+/// without threading the code through every path that sends one).
+pub fn error_code_of(frame: &[u8]) -> Option<ErrorCode> {
+    const HEAD: &[u8] = b"{\"type\":\"";
+    const MID: &[u8] = b",\"status\":\"error\",\"error\":{\"code\":\"";
+    let rest = frame.strip_prefix(HEAD)?;
+    // Contexts are plain words (`server`, `auth`, `subscribe`, ...): the first quote ends the type.
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let rest = rest[end + 1..].strip_prefix(MID)?;
+    ErrorCode::ALL.into_iter().find(|c| {
+        rest.strip_prefix(c.code().as_bytes())
+            .is_some_and(|r| r.first() == Some(&b'"'))
+    })
+}
+
+/// `{"type":<ctx>,"status":"error","error":{"code":..,"message":..}[,"uid":<raw>]}`
+pub fn error_frame(context: &str, code: ErrorCode, message: &str, uid: Option<&Uid>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + message.len());
+    out.extend_from_slice(b"{\"type\":");
+    crate::value::write_json_string(&mut out, context);
+    out.extend_from_slice(b",\"status\":\"error\",\"error\":{\"code\":\"");
+    out.extend_from_slice(code.code().as_bytes());
+    out.extend_from_slice(b"\",\"message\":");
+    crate::value::write_json_string(&mut out, message);
+    out.push(b'}');
+    if let Some(uid) = uid {
+        out.extend_from_slice(b",\"uid\":");
+        uid.write_raw(&mut out);
+    }
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"auth","status":"ok"[,"uid":<raw>][,"refresh_token":..]}`
+pub fn auth_ok_frame(uid: Option<&Uid>, refresh_token: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"type\":\"auth\",\"status\":\"ok\"");
+    if let Some(uid) = uid {
+        out.extend_from_slice(b",\"uid\":");
+        uid.write_raw(&mut out);
+    }
+    if let Some(token) = refresh_token {
+        out.extend_from_slice(b",\"refresh_token\":");
+        crate::value::write_json_string(&mut out, token);
+    }
+    out.push(b'}');
+    out
+}
+
+pub const PING_FRAME: &[u8] = b"{\"type\":\"ping\"}";
+
+/// `{"type":"pong"[,"uid":<raw>]}`
+pub fn pong_frame(uid: Option<&Uid>) -> Vec<u8> {
+    let mut out = b"{\"type\":\"pong\"".to_vec();
+    if let Some(uid) = uid {
+        out.extend_from_slice(b",\"uid\":");
+        uid.write_raw(&mut out);
+    }
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"subscription","event":"unsubscribe"[,"uid":<raw>]}`
+pub fn unsubscribe_frame(uid: Option<&Uid>) -> Vec<u8> {
+    let mut out = b"{\"type\":\"subscription\",\"event\":\"unsubscribe\"".to_vec();
+    if let Some(uid) = uid {
+        out.extend_from_slice(b",\"uid\":");
+        uid.write_raw(&mut out);
+    }
+    out.push(b'}');
+    out
+}
+
+/// Write `,"uid":"<String(uid)>"}` (or just `}`): the per-subscriber end of a subscription message.
+pub fn write_subscription_suffix(out: &mut Vec<u8>, uid: Option<&str>) {
+    if let Some(uid) = uid {
+        out.extend_from_slice(b",\"uid\":");
+        crate::value::write_json_string(out, uid);
+    }
+    out.push(b'}');
+}
+
+/// `{"type":"subscription","event":"init"[,"data":..][,"meta":..]` without the closing part; finish with
+/// [`write_subscription_suffix`].
+pub fn init_frame(data: Option<&[u8]>, meta: Option<&[u8]>, uid: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + data.map_or(0, <[u8]>::len));
+    out.extend_from_slice(b"{\"type\":\"subscription\",\"event\":\"init\"");
+    if let Some(data) = data {
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data);
+    }
+    if let Some(meta) = meta {
+        out.extend_from_slice(b",\"meta\":");
+        out.extend_from_slice(meta);
+    }
+    write_subscription_suffix(&mut out, uid);
+    out
+}
+
+/// The body of an event message shared by every subscriber of one query:
+/// `{"type":"subscription","event":"<e>","data":<data>` — each subscriber's frame is this plus its suffix.
+pub fn event_body(event: EventKind, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(56 + data.len());
+    out.extend_from_slice(b"{\"type\":\"subscription\",\"event\":\"");
+    out.extend_from_slice(event.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(data);
+    out
+}
