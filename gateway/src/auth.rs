@@ -13,6 +13,7 @@
 use crate::config::Config;
 use common::normalize::{Access, ReadRule};
 use deadpool_postgres::Pool;
+use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::Mutex;
 use serde_json::Value as Json;
@@ -163,18 +164,22 @@ struct Claims {
     iss: String,
 }
 
-/// The payload of a JWT without verifying it (Directus's `isDirectusJWT` and `getExpiresAtForToken`).
+/// The payload of a JWT without verifying it (Directus's `isDirectusJWT` and `getExpiresAtForToken`):
+/// three dot-separated parts whose middle one is base64url JSON (trailing `=` padding tolerated). The header
+/// and signature are not looked at.
 fn peek_payload(token: &str) -> Option<Json> {
-    use base64::Engine;
     let mut parts = token.split('.');
-    let (_h, p, _s) = (parts.next()?, parts.next()?, parts.next()?);
+    let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
+        // jsonwebtoken splits from the right and would read the second-to-last part of a longer string.
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(p.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let unpadded = p.trim_end_matches('=');
+    if unpadded.len() == p.len() {
+        jsonwebtoken::dangerous::insecure_decode_claims(token).ok()
+    } else {
+        jsonwebtoken::dangerous::insecure_decode_claims(format!("{h}.{unpadded}.{s}")).ok()
+    }
 }
 
 pub fn is_directus_jwt(token: &str) -> bool {
@@ -767,38 +772,17 @@ impl AuthService {
     }
 }
 
-/// Is `ip` in the CSV list of addresses and CIDR networks?
+/// Is `ip` in the CSV list of addresses and CIDR networks? A plain address counts as a /32 or /128;
+/// entries that parse as neither are ignored, and a network never contains an address of the other family.
 pub fn ip_in_networks(ip: IpAddr, list: &str) -> bool {
     list.split(',')
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .any(|entry| match entry.split_once('/') {
-            None => entry.parse::<IpAddr>().is_ok_and(|a| a == ip),
-            Some((net, bits)) => {
-                let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
-                    return false;
-                };
-                match (net, ip) {
-                    (IpAddr::V4(n), IpAddr::V4(a)) if bits <= 32 => {
-                        let mask = if bits == 0 {
-                            0
-                        } else {
-                            u32::MAX << (32 - bits)
-                        };
-                        u32::from(n) & mask == u32::from(a) & mask
-                    }
-                    (IpAddr::V6(n), IpAddr::V6(a)) if bits <= 128 => {
-                        let mask = if bits == 0 {
-                            0
-                        } else {
-                            u128::MAX << (128 - bits)
-                        };
-                        u128::from(n) & mask == u128::from(a) & mask
-                    }
-                    _ => false,
-                }
-            }
+        .filter_map(|entry| match entry.split_once('/') {
+            // std's parsers, as before: no leading-zero octets; the prefix is a decimal number.
+            None => entry.parse::<IpAddr>().ok().map(IpNet::from),
+            Some((addr, bits)) => IpNet::new(addr.parse().ok()?, bits.parse().ok()?).ok(),
         })
+        .any(|net| net.contains(&ip))
 }
 
 #[cfg(test)]
@@ -813,6 +797,29 @@ mod tests {
         assert!(ip_in_networks(ip("::1"), "::1"));
         assert!(ip_in_networks(ip("2001:db8::5"), "2001:db8::/32"));
         assert!(!ip_in_networks(ip("10.0.0.1"), "garbage,/,10.0.0.0/99"));
+        // Host bits in the network address are ignored; /0 is everything of that family.
+        assert!(ip_in_networks(ip("10.9.8.7"), "10.1.2.3/8"));
+        assert!(ip_in_networks(ip("203.0.113.9"), "0.0.0.0/0"));
+        assert!(ip_in_networks(ip("2001:db8::1"), "::/0"));
+        assert!(!ip_in_networks(ip("10.0.0.1"), "::/0"));
+        assert!(!ip_in_networks(ip("::ffff:10.0.0.1"), "10.0.0.0/8"));
+        // Boundaries, exact hosts, and whitespace or empty entries.
+        assert!(ip_in_networks(ip("192.168.1.255"), "192.168.1.0/24"));
+        assert!(!ip_in_networks(ip("192.168.2.0"), "192.168.1.0/24"));
+        assert!(ip_in_networks(ip("192.168.1.7"), " , 192.168.1.7/32 ,"));
+        assert!(!ip_in_networks(ip("192.168.1.8"), "192.168.1.7/32"));
+        assert!(!ip_in_networks(ip("2001:db9::1"), "2001:db8::/32"));
+        assert!(!ip_in_networks(ip("10.0.0.1"), ""));
+        // Malformed entries are skipped, later good ones still count.
+        assert!(ip_in_networks(
+            ip("10.0.0.1"),
+            "10.0.0.0/33, 10.0.0.0/-1, x/8, 10.0.0.0/8"
+        ));
+        assert!(!ip_in_networks(
+            ip("10.0.0.1"),
+            "010.0.0.0/8, 10.0.0.0/, 10.0.0.0/8/8"
+        ));
+        assert!(ip_in_networks(ip("10.0.0.1"), "10.0.0.0/08"));
     }
 
     #[test]
@@ -822,6 +829,41 @@ mod tests {
         assert!(t.bytes().all(|b| NANOID_ALPHABET.contains(&b)));
         assert!(!is_directus_jwt("static-token"));
         assert!(!is_directus_jwt("a.b.c"));
+        assert!(!is_directus_jwt(""));
+        // The payload (middle part) of a token signed with some other key.
+        let payload = |claims: Json| {
+            let t = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"another secret"),
+            )
+            .unwrap();
+            t.split('.').nth(1).unwrap().to_owned()
+        };
+        let directus = payload(serde_json::json!({"iss": "directus", "exp": 1}));
+        assert!(is_directus_jwt(&format!("x.{directus}.y")), "unverified");
+        assert!(
+            is_directus_jwt(&format!("x.{directus}==.y")),
+            "padding tolerated"
+        );
+        assert!(
+            is_directus_jwt(&format!(".{directus}.")),
+            "empty header and signature"
+        );
+        assert!(!is_directus_jwt(&format!("x.{directus}.y.z")));
+        assert!(!is_directus_jwt(&format!("x.x.{directus}.y")));
+        assert!(!is_directus_jwt(&format!("x.{directus}")));
+        assert!(!is_directus_jwt(&format!("x.{directus}!.y")));
+        for other in [
+            serde_json::json!({"iss": "other"}),
+            serde_json::json!({"iss": 1}),
+            serde_json::json!({"exp": 1}),
+            serde_json::json!("directus"),
+        ] {
+            assert!(!is_directus_jwt(&format!("x.{}.y", payload(other))));
+        }
+        // base64url of `not json`.
+        assert!(!is_directus_jwt("x.bm90IGpzb24.y"));
     }
 
     #[tokio::test]

@@ -8,9 +8,10 @@ use crate::conn::{self, Admission, ConnGuard};
 use crate::state::AppState;
 use crate::telemetry;
 use bytes::Bytes;
+use cookie::{Cookie, SameSite};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
+use hyper::header::{CONTENT_TYPE, COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value as Json, json};
 use std::net::{IpAddr, SocketAddr};
@@ -66,16 +67,41 @@ fn bare(status: StatusCode) -> Response<Body> {
     r
 }
 
-fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.headers()
+/// The value of the request cookie `name`, read as Directus's cookie-parser reads it: the first pair with
+/// that name wins, name and value trimmed, surrounding double quotes dropped, and the value percent-decoded
+/// (kept as sent when it does not decode to UTF-8).
+fn request_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then_some(v)
+        .filter_map(|pair| {
+            Cookie::parse_encoded(pair)
+                .or_else(|_| Cookie::parse(pair))
+                .ok()
         })
+        .find(|c| c.name() == name)
+        .map(|c| c.value_trimmed().to_owned())
+}
+
+/// The refresh-token cookie `name` as Directus sets it (`Path=/`, `HttpOnly`, `SameSite=Lax`), living `max_age`
+/// seconds; an empty value with `max_age` 0 clears it.
+fn refresh_cookie<'a>(name: &'a str, value: &'a str, max_age: u64) -> Cookie<'a> {
+    Cookie::build((name, value))
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age).unwrap_or(i64::MAX),
+        ))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .build()
+}
+
+fn append_set_cookie(resp: &mut Response<Body>, c: &Cookie<'_>) {
+    if let Ok(v) = HeaderValue::from_str(&c.encoded().to_string()) {
+        resp.headers_mut().append(SET_COOKIE, v);
+    }
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -228,14 +254,11 @@ async fn admin_route(state: &AppState, path: &str) -> Response<Body> {
 }
 
 fn set_refresh_cookie(resp: &mut Response<Body>, state: &AppState, token: &str) {
-    let v = format!(
-        "{}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
-        state.config.refresh_token_cookie_name,
-        state.config.refresh_token_ttl.as_secs()
+    let ttl = state.config.refresh_token_ttl.as_secs();
+    append_set_cookie(
+        resp,
+        &refresh_cookie(&state.config.refresh_token_cookie_name, token, ttl),
     );
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        resp.headers_mut().append(SET_COOKIE, v);
-    }
 }
 
 fn token_body(mode: &str, tokens: &crate::auth::Tokens) -> Json {
@@ -300,7 +323,7 @@ async fn login(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
 
 async fn refresh(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let client = client_info(&req, peer);
-    let from_cookie = cookie(&req, &state.config.refresh_token_cookie_name).map(str::to_owned);
+    let from_cookie = request_cookie(req.headers(), &state.config.refresh_token_cookie_name);
     let body = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -335,7 +358,7 @@ async fn refresh(state: &AppState, peer: SocketAddr, req: Request<Incoming>) -> 
 }
 
 async fn logout(state: &AppState, req: Request<Incoming>) -> Response<Body> {
-    let from_cookie = cookie(&req, &state.config.refresh_token_cookie_name).map(str::to_owned);
+    let from_cookie = request_cookie(req.headers(), &state.config.refresh_token_cookie_name);
     let body = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -350,13 +373,10 @@ async fn logout(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     match state.auth.logout(&token).await {
         Ok(()) => {
             let mut resp = bare(StatusCode::NO_CONTENT);
-            let clear = format!(
-                "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax",
-                state.config.refresh_token_cookie_name
+            append_set_cookie(
+                &mut resp,
+                &refresh_cookie(&state.config.refresh_token_cookie_name, "", 0),
             );
-            if let Ok(v) = HeaderValue::from_str(&clear) {
-                resp.headers_mut().append(SET_COOKIE, v);
-            }
             resp
         }
         Err(e) => auth_error(&e),
@@ -384,7 +404,7 @@ async fn upgrade(
     }
     let client = client_info(req, peer);
     let url_token = query_param(req, "access_token");
-    let cookie_token = cookie(req, &state.config.session_cookie_name).map(str::to_owned);
+    let cookie_token = request_cookie(req.headers(), &state.config.session_cookie_name);
     let token = if state.config.ws.rest_auth == crate::config::AuthMode::Strict
         || url_token.is_some()
         || cookie_token.is_some()
@@ -463,4 +483,55 @@ async fn upgrade(
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn request_cookies_as_cookie_parser_reads_them() {
+        let h = headers(&[
+            "a=1; directus_refresh_token=abc-_9; b=2",
+            "directus_refresh_token=second",
+        ]);
+        assert_eq!(
+            request_cookie(&h, "directus_refresh_token").as_deref(),
+            Some("abc-_9")
+        );
+        assert_eq!(request_cookie(&h, "b").as_deref(), Some("2"));
+        assert_eq!(request_cookie(&h, "missing"), None);
+        // Trimmed, unquoted, percent-decoded; undecodable values are kept as sent.
+        let h = headers(&[" x = \"q v\" ;y=a%20b%3D;z=%ff%zz;novalue;=empty"]);
+        assert_eq!(request_cookie(&h, "x").as_deref(), Some("q v"));
+        assert_eq!(request_cookie(&h, "y").as_deref(), Some("a b="));
+        assert_eq!(request_cookie(&h, "z").as_deref(), Some("%ff%zz"));
+        assert_eq!(request_cookie(&h, "novalue"), None);
+        assert_eq!(request_cookie(&h, ""), None);
+        // A later header is read when the earlier ones lack the cookie.
+        let h = headers(&["a=1", "t=tok"]);
+        assert_eq!(request_cookie(&h, "t").as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn refresh_cookie_attributes() {
+        let set = refresh_cookie("directus_refresh_token", "abc-_9", 604_800);
+        assert_eq!(
+            set.encoded().to_string(),
+            "directus_refresh_token=abc-_9; HttpOnly; SameSite=Lax; Path=/; Max-Age=604800"
+        );
+        let clear = refresh_cookie("directus_refresh_token", "", 0);
+        assert_eq!(
+            clear.encoded().to_string(),
+            "directus_refresh_token=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
+        );
+    }
 }

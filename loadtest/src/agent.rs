@@ -940,18 +940,13 @@ pub fn read_write_log(path: &std::path::Path) -> Result<WriteLog> {
 
 /// Raise the open-files soft limit to the hard limit (needs no privilege).
 pub fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    lim.rlim_cur
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    // On failure the limit stays as it was; the caller reports what it got.
+    let _ = setrlimit(Resource::Nofile, lim);
+    // `None` is RLIM_INFINITY.
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// The harness's side of an agent.

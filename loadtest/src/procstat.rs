@@ -2,10 +2,9 @@
 
 use std::fs;
 
-/// Clock ticks per second for `/proc/<pid>/stat` times.
+/// Clock ticks per second for `/proc/<pid>/stat` times (`sysconf(_SC_CLK_TCK)`).
 fn ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let t = rustix::param::clock_ticks_per_second();
     if t > 0 { t as f64 } else { 100.0 }
 }
 

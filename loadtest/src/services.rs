@@ -10,6 +10,8 @@
 //! second or two; a copy, a few milliseconds).
 
 use anyhow::{Context, Result, bail};
+use rustix::fs::FlockOperation;
+use rustix::process::{self, Pid, Signal};
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -66,26 +68,25 @@ fn harden(cmd: &mut Command, as_user: Option<(u32, u32)>) {
     if let Some((uid, gid)) = as_user {
         cmd.gid(gid).uid(uid);
     }
-    // SAFETY: prctl and setpgid are async-signal-safe; the closure runs between fork and exec.
+    // Own process group, so a Ctrl-C in the launcher's terminal reaches only the launcher, which then shuts
+    // its children down in order.
+    cmd.process_group(0);
+    // SAFETY: `pre_exec` is unsafe because the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It makes one prctl(2) system call (rustix issues it directly: no
+    // allocation, no locks). std runs it after switching uid/gid, which would clear the setting.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // Own process group, so a Ctrl-C in the launcher's terminal reaches only the launcher, which
-            // then shuts its children down in order.
-            libc::setpgid(0, 0);
+            let _ = process::set_parent_process_death_signal(Some(Signal::KILL));
             Ok(())
         });
     }
 }
 
-fn kill_and_wait(child: &mut Child, signal: i32, grace: Duration) {
+fn kill_and_wait(child: &mut Child, signal: Signal, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    // SAFETY: sending a signal to our own child.
-    unsafe {
-        libc::kill(child.id() as i32, signal);
-    }
+    let _ = process::kill_process(Pid::from_child(child), signal);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -97,22 +98,27 @@ fn kill_and_wait(child: &mut Child, signal: i32, grace: Duration) {
     let _ = child.wait();
 }
 
-/// uid/gid of `postgres` when we run as root.
+/// uid/gid of `postgres` when we run as root, from `getent passwd` (which asks NSS, as getpwnam does).
 fn postgres_user() -> Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !process::geteuid().is_root() {
         return Ok(None);
     }
-    let name = std::ffi::CString::new("postgres").expect("no NUL");
-    // SAFETY: getpwnam returns a pointer into static storage or NULL; we copy the fields at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        bail!(
+    let out = Command::new("getent")
+        .args(["passwd", "postgres"])
+        .stderr(Stdio::null())
+        .output()
+        .context("run getent to look up the 'postgres' user")?;
+    // name:password:uid:gid:gecos:home:shell
+    let entry = String::from_utf8_lossy(&out.stdout);
+    let mut fields = entry.trim_end().split(':').skip(2);
+    let uid = fields.next().and_then(|v| v.parse().ok());
+    let gid = fields.next().and_then(|v| v.parse().ok());
+    match (out.status.success(), uid, gid) {
+        (true, Some(uid), Some(gid)) => Ok(Some((uid, gid))),
+        _ => bail!(
             "running as root, but there is no 'postgres' user to run PostgreSQL as (install postgresql)"
-        );
+        ),
     }
-    // SAFETY: pw is non-null and points to a valid passwd struct.
-    Ok(Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) }))
 }
 
 fn chown_r(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
@@ -175,22 +181,15 @@ impl FileLock {
             .truncate(false)
             .write(true)
             .open(path)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("flock {}", path.display());
-        }
+        rustix::fs::flock(&f, FlockOperation::LockExclusive)
+            .with_context(|| format!("flock {}", path.display()))?;
         Ok(FileLock(f))
     }
 }
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking our own descriptor.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
+        let _ = rustix::fs::flock(&self.0, FlockOperation::Unlock);
     }
 }
 
@@ -402,14 +401,14 @@ impl Postgres {
     /// Stop the server (fast shutdown), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            kill_and_wait(&mut child, libc::SIGINT, Duration::from_secs(20));
+            kill_and_wait(&mut child, Signal::INT, Duration::from_secs(20));
         }
     }
 
     /// Kill the server without a shutdown checkpoint (crash), keeping its data.
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
-            kill_and_wait(&mut child, libc::SIGKILL, Duration::from_secs(5));
+            kill_and_wait(&mut child, Signal::KILL, Duration::from_secs(5));
         }
     }
 
@@ -573,7 +572,7 @@ impl Redis {
 
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            kill_and_wait(&mut child, libc::SIGKILL, Duration::from_secs(5));
+            kill_and_wait(&mut child, Signal::KILL, Duration::from_secs(5));
         }
     }
 
@@ -684,29 +683,30 @@ impl Process {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Send signal `sig` (a `libc::SIG*` number: SIGSTOP, SIGCONT, SIGTERM…) unless the process was
+    /// killed already.
+    ///
+    /// # Panics
+    /// If `sig` is not a named signal (real-time signals are not supported).
     pub fn signal(&self, sig: i32) {
+        let sig =
+            Signal::from_named_raw(sig).unwrap_or_else(|| panic!("{sig} is not a named signal"));
         if let Some(c) = &self.child {
-            // SAFETY: signalling our own child.
-            unsafe {
-                libc::kill(c.id() as i32, sig);
-            }
+            let _ = process::kill_process(Pid::from_child(c), sig);
         }
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            kill_and_wait(&mut c, libc::SIGKILL, Duration::from_secs(5));
+            kill_and_wait(&mut c, Signal::KILL, Duration::from_secs(5));
         }
     }
 
     /// SIGTERM, then wait up to `grace` for a clean exit; returns the exit status.
     pub async fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
+        let _ = process::kill_process(Pid::from_child(&c), Signal::TERM);
         let deadline = Instant::now() + grace;
         loop {
             if let Ok(Some(s)) = c.try_wait() {

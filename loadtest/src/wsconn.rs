@@ -78,7 +78,10 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> std::io:
     };
     if let Some(ip) = source.filter(|_| addr.is_ipv4()) {
         let one: libc::c_int = 1;
-        // SAFETY: setsockopt on a socket we own with a correctly sized int option.
+        // IP_BIND_ADDRESS_NO_PORT (many source addresses, one port range) has no safe wrapper in std,
+        // rustix or socket2, so this stays a raw setsockopt.
+        // SAFETY: setsockopt on a socket we own, with a pointer to an int that outlives the call and its
+        // size; the kernel only reads it.
         unsafe {
             libc::setsockopt(
                 sock.as_raw_fd(),
