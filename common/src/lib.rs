@@ -1,9 +1,10 @@
 //! Code shared by the gateway and the fanout-worker.
 //!
-//! Everything except [`redis`] and [`telemetry`] is pure: no sockets, no clock of its own; every function takes values and
-//! returns values, so all of it is unit- and property-tested without services. The two I/O modules:
-//! [`redis`] (connections to a single Redis, a Sentinel-managed primary or a Redis Cluster) and
-//! [`telemetry`] (logs, trace export, the Prometheus recorder).
+//! The pure core: no sockets, no runtime, no clock of its own. Every function takes values and returns
+//! values, so all of it is unit- and property-tested without services, and its dependency list (serde,
+//! serde_json, thiserror, xxhash, form_urlencoded) keeps it that way: the I/O helpers (Redis connections
+//! and scripts, telemetry, backoff, clock, the binaries' main boilerplate) live in `common-io`
+//! (`common/io/`).
 //!
 //! - [`protocol`]: the Directus realtime wire protocol (parsing client messages, building server frames,
 //!   error codes, close codes).
@@ -15,8 +16,7 @@
 //! - [`normalize`]: a subscription plus the caller's permissions becomes a canonical [`normalize::NormalizedQuery`]
 //!   whose hash is the query id.
 //! - [`sql`]: parameterised SQL for init snapshots.
-//! - [`shard`], [`keys`], [`scripts`]: stable hashing, the Redis key schema and the Lua scripts on it.
-//! - [`redis`]: connections, subscriptions and multi-slot commands for every Redis deployment.
+//! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
 //! - [`ws`]: RFC 6455 framing.
 //! - [`delivery`]: positions, the worker→gateway batch format, snapshot visibility.
 //! - [`ctl`]: registrations, replay requests and ctl stream entries, encoded and decoded in one place.
@@ -32,11 +32,8 @@ pub mod keys;
 pub mod normalize;
 pub mod protocol;
 pub mod query;
-pub mod redis;
 pub mod schema;
-pub mod scripts;
 pub mod shard;
 pub mod sql;
-pub mod telemetry;
 pub mod value;
 pub mod ws;

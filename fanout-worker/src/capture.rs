@@ -19,14 +19,15 @@ use crate::config::WorkerConfig;
 use crate::pgoutput;
 use common::change::{StreamId, TxChunk, format_lsn};
 use common::keys::Keys;
-use common::redis::{Conn, Redis};
 use common::value::Kind;
+use common_io::backoff::Backoff;
+use common_io::redis::{Conn, Redis};
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -88,12 +89,7 @@ pub struct CaptureStats {
     pub resets: AtomicU64,
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use common_io::clock::unix_micros as now_micros;
 
 /// Why a capture session ended.
 #[derive(Debug)]
@@ -131,7 +127,7 @@ pub async fn run(
     stats: Arc<CaptureStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut standby_logged = false;
     loop {
         if *stop.borrow() {
@@ -148,7 +144,7 @@ pub async fn run(
                     tracing::info!(slot = %cfg.capture.slot, "another worker is capturing; standing by");
                     standby_logged = true;
                 }
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 // Jitter keeps several standbys from retrying in lockstep.
                 STANDBY_RETRY + Duration::from_millis(rand::random::<u64>() % 250)
             }
@@ -159,11 +155,9 @@ pub async fn run(
             Err(e) => {
                 stats.healthy.store(false, Ordering::Relaxed);
                 standby_logged = false;
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "capture session failed");
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff.peek(), "capture session failed");
                 metrics::counter!("realtime_capture_errors_total").increment(1);
-                let w = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                w
+                backoff.next_delay()
             }
         };
         tokio::select! {
@@ -732,16 +726,16 @@ async fn handle_event(
                 batch.complete_end = Some(chunk.end_lsn);
             }
             batch.bytes += chunk.changes.iter().map(|c| c.weight()).sum::<usize>();
-            if common::telemetry::change_traced(chunk.lsn) {
+            if common_io::telemetry::change_traced(chunk.lsn) {
                 let span = tracing::info_span!(
-                    target: common::telemetry::OTEL_TARGET,
+                    target: common_io::telemetry::OTEL_TARGET,
                     "change.capture",
                     lsn = chunk.lsn,
                     xid = chunk.xid,
                     chunk = chunk.seq,
                     changes = chunk.changes.len(),
                 );
-                common::telemetry::join_change_trace(&span, chunk.lsn);
+                common_io::telemetry::join_change_trace(&span, chunk.lsn);
                 batch.traced.push(span);
             }
             batch.chunks.push(chunk);

@@ -33,7 +33,7 @@ pub struct WorkerConfig {
     pub port: u16,
     pub db_url: String,
     pub db_schema: String,
-    pub redis: common::redis::RedisSettings,
+    pub redis: common_io::redis::RedisSettings,
     pub redis_prefix: String,
     /// This worker's name (logs, `application_name`, ownership keys).
     pub worker_id: String,
@@ -46,7 +46,7 @@ pub struct WorkerConfig {
     pub shard_lease: Duration,
     /// Change stream entries read per round.
     pub match_batch: usize,
-    pub telemetry: common::telemetry::TelemetrySettings,
+    pub telemetry: common_io::telemetry::TelemetrySettings,
     /// Hard stop after SIGTERM (leases and the slot are released first).
     pub shutdown_timeout: Duration,
 }
@@ -85,7 +85,7 @@ impl WorkerConfig {
             );
         }
         let db_schema = r.string("DB_SEARCH_PATH", "public");
-        let redis = common::redis::RedisSettings::from_env(
+        let redis = common_io::redis::RedisSettings::from_env(
             &mut r,
             "workers exchange changes and subscriptions through Redis",
         );
@@ -121,7 +121,7 @@ impl WorkerConfig {
         let shard_lease = r.ms_duration("REALTIME_SHARD_LEASE", "5s");
         let match_batch = r.number::<usize>("REALTIME_MATCH_BATCH", 256, 1);
         let telemetry =
-            common::telemetry::TelemetrySettings::from_env(&mut r, "realtime-fanout-worker");
+            common_io::telemetry::TelemetrySettings::from_env(&mut r, "realtime-fanout-worker");
         let shutdown_timeout = r.ms_duration("REALTIME_SHUTDOWN_TIMEOUT", "30s");
         if !r.errors.is_empty() {
             return Err(r.errors);

@@ -1,32 +1,17 @@
 use fanout_worker::config::WorkerConfig;
 use std::process::ExitCode;
 
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn main() -> ExitCode {
-    let config = match WorkerConfig::from_env() {
+    let config = match common_io::process::config_or_exit("fanout-worker", WorkerConfig::from_env())
+    {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("fanout-worker: invalid configuration:");
-            for e in errors {
-                eprintln!("  {e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // The replication client logs its own termination at error level; the capture loop already
     // reports (and retries) that failure with context, so the duplicate line is silenced unless the
     // operator asks for it. Set up before the runtime: the trace exporter's blocking HTTP client must
     // not be built inside one.
-    let (_telemetry, metrics) = match common::telemetry::setup(
+    let (_telemetry, metrics) = match common_io::telemetry::setup(
         &config.telemetry,
         "fanout-worker",
         &["pgwire_replication=off"],
@@ -55,7 +40,7 @@ fn main() -> ExitCode {
             serde_json::json!({"event": "listening", "addr": addr.to_string()})
         );
         tracing::info!(%addr, worker = %worker.config.worker_id, "fanout-worker started");
-        worker.run(stop_signal()).await;
+        worker.run(common_io::process::stop_signal()).await;
         tracing::info!("fanout-worker stopped");
         ExitCode::SUCCESS
     });

@@ -18,7 +18,7 @@ pub struct Worker {
     pub config: Arc<WorkerConfig>,
     pub capture: Arc<CaptureStats>,
     pub fanout: Arc<FanoutStats>,
-    metrics: Option<common::telemetry::Metrics>,
+    metrics: Option<common_io::telemetry::Metrics>,
     listener: TcpListener,
 }
 
@@ -26,14 +26,14 @@ struct Stats {
     config: Arc<WorkerConfig>,
     capture: Arc<CaptureStats>,
     fanout: Arc<FanoutStats>,
-    metrics: Option<common::telemetry::Metrics>,
+    metrics: Option<common_io::telemetry::Metrics>,
     stopping: AtomicBool,
 }
 
 impl Worker {
     pub async fn build(
         config: WorkerConfig,
-        metrics: Option<common::telemetry::Metrics>,
+        metrics: Option<common_io::telemetry::Metrics>,
     ) -> anyhow::Result<Worker> {
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Worker {

@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Who is on the other end, and what they may do.
@@ -141,12 +141,7 @@ pub async fn verify_password(hash: String, password: String) -> bool {
     .unwrap_or(false)
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use common_io::clock::unix_secs as now_secs;
 
 /// The claims Directus puts in an access token. `role` is always present (possibly null): Directus rejects
 /// tokens without it.

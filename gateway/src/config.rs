@@ -66,7 +66,7 @@ pub struct Config {
     pub db_url: String,
     pub db_schema: String,
     pub db_pool_size: usize,
-    pub redis: common::redis::RedisSettings,
+    pub redis: common_io::redis::RedisSettings,
     pub redis_prefix: String,
     /// Readable part of this gateway's id in Redis and logs (`REALTIME_GATEWAY_ID`, else `$HOSTNAME`).
     pub gateway_name: String,
@@ -88,7 +88,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub limits: Limits,
     pub rate_limit: Option<RateLimit>,
-    pub telemetry: common::telemetry::TelemetrySettings,
+    pub telemetry: common_io::telemetry::TelemetrySettings,
     /// Separate listener for `/metrics`, `/healthz` and `/readyz` (`REALTIME_ADMIN_PORT`); when unset
     /// they are served on the main port.
     pub admin_port: Option<u16>,
@@ -154,7 +154,7 @@ impl Config {
         let db_schema = r.string("DB_SEARCH_PATH", "public");
         let db_pool_size = r.number::<usize>("REALTIME_DB_POOL_SIZE", 16, 1);
 
-        let redis = common::redis::RedisSettings::from_env(
+        let redis = common_io::redis::RedisSettings::from_env(
             &mut r,
             "gateways receive changes from the workers through Redis",
         );
@@ -248,7 +248,8 @@ impl Config {
         } else {
             None
         };
-        let telemetry = common::telemetry::TelemetrySettings::from_env(&mut r, "realtime-gateway");
+        let telemetry =
+            common_io::telemetry::TelemetrySettings::from_env(&mut r, "realtime-gateway");
         let admin_port = r
             .is_set("REALTIME_ADMIN_PORT")
             .then(|| r.number::<u16>("REALTIME_ADMIN_PORT", 0, 0));

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -95,10 +95,7 @@ struct Conn {
 }
 
 fn instant_for(epoch_secs: i64) -> Instant {
-    let now_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now_secs = common_io::clock::since_epoch().as_secs_f64();
     let delta = epoch_secs as f64 - now_secs;
     if delta <= 0.0 {
         Instant::now()
@@ -152,7 +149,7 @@ pub async fn serve(
     conn.auth_state = conn.current_auth_state();
     conn.state.gauges.opened(conn.auth_state);
     let span = tracing::info_span!(
-        target: common::telemetry::OTEL_TARGET,
+        target: common_io::telemetry::OTEL_TARGET,
         "ws.connection",
         conn = conn.id,
         gateway = %conn.state.registrar.gateway_id,
@@ -475,7 +472,7 @@ impl Conn {
                         outbox: self.outbox.clone(),
                     };
                     let span = tracing::info_span!(
-                        target: common::telemetry::OTEL_TARGET,
+                        target: common_io::telemetry::OTEL_TARGET,
                         "ws.subscription",
                         collection = %request.collection,
                         uid = %uid,

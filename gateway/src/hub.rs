@@ -214,10 +214,7 @@ impl Hub {
             tracing::warn!(bytes = msg.len(), "dropping a malformed delivery batch");
             return stats;
         };
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now_us = common_io::clock::unix_micros();
         for e in entries {
             stats.entries += 1;
             let mut map = self.stripe(&e.query).lock();
@@ -344,14 +341,14 @@ impl LocalQuery {
         crate::telemetry::hot()
             .change_to_send
             .record((now_us - commit_time).max(0) as f64 / 1e6);
-        let _span = common::telemetry::change_traced(pos.lsn).then(|| {
+        let _span = common_io::telemetry::change_traced(pos.lsn).then(|| {
             let span = tracing::info_span!(
-                target: common::telemetry::OTEL_TARGET,
+                target: common_io::telemetry::OTEL_TARGET,
                 "change.deliver",
                 lsn = pos.lsn,
                 subscribers = self.subs.len(),
             );
-            common::telemetry::join_change_trace(&span, pos.lsn);
+            common_io::telemetry::join_change_trace(&span, pos.lsn);
             span.entered()
         });
         for sub in &mut self.subs {

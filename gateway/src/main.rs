@@ -2,29 +2,14 @@ use gateway::config::Config;
 use gateway::server::Gateway;
 use std::process::ExitCode;
 
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
+    let config = match common_io::process::config_or_exit("gateway", Config::from_env()) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("gateway: invalid configuration:");
-            for e in errors {
-                eprintln!("  {e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // Before the runtime: the trace exporter's blocking HTTP client must not be built inside one.
-    let (_telemetry, metrics) = match common::telemetry::setup(&config.telemetry, "gateway", &[]) {
+    let (_telemetry, metrics) = match common_io::telemetry::setup(&config.telemetry, "gateway", &[])
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gateway: {e}");
@@ -60,7 +45,7 @@ fn main() -> ExitCode {
             })
         );
         tracing::info!(%addr, admin = ?admin, gateway = %gateway.state.registrar.gateway_id, "gateway listening");
-        gateway.run(stop_signal()).await;
+        gateway.run(common_io::process::stop_signal()).await;
         tracing::info!("gateway stopped");
         ExitCode::SUCCESS
     });

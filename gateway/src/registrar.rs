@@ -17,8 +17,8 @@ use crate::hub::Hub;
 use common::ctl::{CtlEntry, RegField, Replay, ReplayRequest};
 use common::keys::Keys;
 use common::normalize::QueryId;
-use common::redis::{Conn, Lua, Redis, SubEvent};
 use common::shard::shard_of;
+use common_io::redis::{Conn, Lua, Redis, SubEvent};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub struct Registrar {
 impl Registrar {
     /// Connect, and check the cluster agrees on the number of shards (recorded by the first process).
     pub async fn connect(
-        settings: &common::redis::RedisSettings,
+        settings: &common_io::redis::RedisSettings,
         prefix: &str,
         shards: u32,
         name: &str,
@@ -74,8 +74,8 @@ impl Registrar {
             shards,
             redis,
             con,
-            register: Lua::new(common::scripts::REGISTER),
-            unregister: Lua::new(common::scripts::UNREGISTER),
+            register: Lua::new(common_io::scripts::REGISTER),
+            unregister: Lua::new(common_io::scripts::UNREGISTER),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             tokens: AtomicU64::new(1),
         })
@@ -152,7 +152,7 @@ impl Registrar {
             replay,
             definition: def_json.to_owned(),
         };
-        let _: String = common::scripts::ctl_entry(&self.keys, &entry)
+        let _: String = common_io::scripts::ctl_entry(&self.keys, &entry)
             .query_async(&mut con)
             .await?;
         Ok(())
@@ -176,7 +176,7 @@ impl Registrar {
             query: id,
             gateway: self.gateway_id.clone(),
         };
-        let _: String = common::scripts::ctl_entry(&self.keys, &entry)
+        let _: String = common_io::scripts::ctl_entry(&self.keys, &entry)
             .query_async(&mut con)
             .await?;
         Ok(())

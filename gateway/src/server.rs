@@ -38,7 +38,7 @@ impl Gateway {
     /// Connect to PostgreSQL, bootstrap the system tables in standalone mode, load the schema and bind.
     pub async fn build(
         config: Config,
-        metrics: Option<common::telemetry::Metrics>,
+        metrics: Option<common_io::telemetry::Metrics>,
     ) -> anyhow::Result<Gateway> {
         let pool = db::pool(&config.db_url, config.db_pool_size, "realtime-gateway")?;
         let boot = db::bootstrap(

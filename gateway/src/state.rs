@@ -40,7 +40,7 @@ pub struct AppState {
     /// Connection gauges published at scrape time.
     pub gauges: crate::telemetry::ConnGauges,
     /// The Prometheus recorder, when `METRICS_ENABLED`.
-    pub metrics: Option<common::telemetry::Metrics>,
+    pub metrics: Option<common_io::telemetry::Metrics>,
     public_cache: Mutex<PublicCache>,
 }
 
@@ -51,7 +51,7 @@ impl AppState {
         schema: SchemaCache,
         registrar: Arc<Registrar>,
         shutdown: tokio::sync::watch::Receiver<bool>,
-        metrics: Option<common::telemetry::Metrics>,
+        metrics: Option<common_io::telemetry::Metrics>,
     ) -> AppState {
         let auth = AuthService::new(pool.clone(), &config);
         let rest_session = SessionConfig {

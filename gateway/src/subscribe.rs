@@ -28,7 +28,7 @@ use common::protocol::{self, ErrorCode, SubscribeRequest, error_frame};
 use common::query::{MetaKind, parse_query};
 use common::schema::Collection;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Longest an `init` snapshot (or a meta count) may run.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,12 +82,7 @@ fn unavailable() -> Vec<u8> {
     )
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use common_io::clock::unix_micros as now_micros;
 
 /// Look the collection up, reloading the schema once if it is unknown (a table created since).
 async fn find_collection(state: &AppState, name: &str) -> Result<Option<Collection>, Vec<u8>> {

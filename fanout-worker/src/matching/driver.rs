@@ -23,7 +23,8 @@ use crate::config::WorkerConfig;
 use common::change::{StreamId, TxChunk};
 use common::ctl::{self, CtlEntry, RegField};
 use common::keys::Keys;
-use common::redis::{Conn, Lua, Redis};
+use common_io::backoff::Backoff;
+use common_io::redis::{Conn, Lua, Redis};
 use redis::streams::StreamReadReply;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +57,7 @@ pub struct FanoutStats {
 /// Run the matching role until `stop` flips; a failed session starts over (its shards catch up from their
 /// checkpoints, so nothing is skipped).
 pub async fn run(cfg: Arc<WorkerConfig>, stats: Arc<FanoutStats>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return;
@@ -64,17 +65,16 @@ pub async fn run(cfg: Arc<WorkerConfig>, stats: Arc<FanoutStats>, mut stop: watc
         match session(&cfg, &stats, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "matching session failed");
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff.peek(), "matching session failed");
                 metrics::counter!("realtime_fanout_errors_total").increment(1);
             }
         }
         stats.running.store(false, Ordering::Relaxed);
         stats.shards.store(0, Ordering::Relaxed);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.changed() => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -155,10 +155,10 @@ async fn session(
         last_checkpoint: Instant::now(),
         epoch,
         scripts: Scripts {
-            load: Lua::new(common::scripts::LOAD_SHARD),
-            checkpoint: Lua::new(common::scripts::CHECKPOINT),
-            unregister: Lua::new(common::scripts::UNREGISTER),
-            replayed: Lua::new(common::scripts::REPLAYED),
+            load: Lua::new(common_io::scripts::LOAD_SHARD),
+            checkpoint: Lua::new(common_io::scripts::CHECKPOINT),
+            unregister: Lua::new(common_io::scripts::UNREGISTER),
+            replayed: Lua::new(common_io::scripts::REPLAYED),
         },
     };
     tracing::info!(cursor = %l.core.cursor(), "matching started");
@@ -457,17 +457,17 @@ impl Loop<'_> {
             }
             let _span = chunk
                 .as_ref()
-                .filter(|c| common::telemetry::change_traced(c.lsn))
+                .filter(|c| common_io::telemetry::change_traced(c.lsn))
                 .map(|c| {
                     let span = tracing::info_span!(
-                        target: common::telemetry::OTEL_TARGET,
+                        target: common_io::telemetry::OTEL_TARGET,
                         "change.match",
                         lsn = c.lsn,
                         chunk = c.seq,
                         changes = c.changes.len(),
                         worker = %self.cfg.worker_id,
                     );
-                    common::telemetry::join_change_trace(&span, c.lsn);
+                    common_io::telemetry::join_change_trace(&span, c.lsn);
                     span
                 });
             processed += self.core.match_live(at, chunk.as_ref()) as u64;
@@ -589,7 +589,7 @@ impl Loop<'_> {
                     query: id,
                     gateway: gw.to_string(),
                 };
-                let _: String = common::scripts::ctl_entry(&self.keys, &entry)
+                let _: String = common_io::scripts::ctl_entry(&self.keys, &entry)
                     .query_async(&mut self.cmd)
                     .await?;
             }

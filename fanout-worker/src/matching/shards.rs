@@ -8,9 +8,9 @@
 //! writes its checkpoint and releases the lease so the new owner can take over at once.
 
 use common::keys::Keys;
-use common::redis::{Conn, Lua};
+use common_io::redis::{Conn, Lua};
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Rendezvous (highest random weight) hash: the intended owner of `shard` among `workers`.
 pub fn intended_owner(shard: u32, workers: &[String]) -> Option<&str> {
@@ -46,12 +46,7 @@ pub struct Membership {
     release: Lua,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use common_io::clock::unix_millis as now_ms;
 
 impl Membership {
     pub fn new(me: &str, total: u32, lease: Duration, keys: Keys) -> Membership {
@@ -61,8 +56,8 @@ impl Membership {
             lease,
             keys,
             owned: BTreeSet::new(),
-            lease_script: Lua::new(common::scripts::LEASE),
-            release: Lua::new(common::scripts::RELEASE),
+            lease_script: Lua::new(common_io::scripts::LEASE),
+            release: Lua::new(common_io::scripts::RELEASE),
         }
     }
 

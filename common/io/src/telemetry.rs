@@ -14,10 +14,10 @@
 //! - **Metrics**: a Prometheus recorder rendered on request ([`Metrics::render`]), with histogram buckets
 //!   per unit and the standard `process_*` gauges read from `/proc/self`.
 //!
-//! Like [`crate::redis`], this module does I/O (the exporter's HTTP client, `/proc`); nothing else in
-//! `common` does.
+//! Like [`crate::redis`], this module does I/O (the exporter's HTTP client, `/proc`), which is why it lives
+//! here and not in the pure `common` core.
 
-use crate::env::EnvReader;
+use common::env::EnvReader;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
@@ -422,10 +422,7 @@ mod process {
             .next()?
             .parse()
             .ok()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_secs_f64();
+        let now = crate::clock::since_epoch().as_secs_f64();
         Some(now - uptime + start_ticks / TICKS)
     }
 }

@@ -1,4 +1,4 @@
-//! Lua scripts both gateways and workers run on Redis, next to the keys they touch ([`crate::keys`]).
+//! Lua scripts both gateways and workers run on Redis, next to the keys they touch ([`common::keys`]).
 //!
 //! Each script's keys share one shard's hash tag, so it runs on a single Redis Cluster node. Telling
 //! the workers about a registration change is a separate `XADD` to the ctl stream, made after the
@@ -6,8 +6,8 @@
 //! entry it has not read yet can only repeat what it loaded (applying it again changes nothing).
 
 /// Register a gateway for a query in its shard.
-/// KEYS: defs, reg, refs. ARGV: query id, the registration's field ([`crate::ctl::RegField`]), canonical
-/// query JSON, replay ([`crate::ctl::Replay`]). Returns 1 when the (query, gateway) registration is new.
+/// KEYS: defs, reg, refs. ARGV: query id, the registration's field ([`common::ctl::RegField`]), canonical
+/// query JSON, replay ([`common::ctl::Replay`]). Returns 1 when the (query, gateway) registration is new.
 pub const REGISTER: &str = r#"
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
 local isnew = redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
@@ -71,7 +71,7 @@ return 0
 
 /// Mark a registration's replay as done, unless the gateway re-registered with a new request meanwhile.
 /// KEYS: reg hash. ARGV: the registration's field, the replay that was served, what a served replay
-/// becomes ([`crate::ctl::Replay::served`]).
+/// becomes ([`common::ctl::Replay::served`]).
 pub const REPLAYED: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -86,7 +86,7 @@ pub const CTL_MAXLEN: usize = 100_000;
 
 /// The `XADD` of a ctl stream entry, sent after the script that changed the shard's hashes (see the module
 /// docs for why that order is safe).
-pub fn ctl_entry(keys: &crate::keys::Keys, entry: &crate::ctl::CtlEntry) -> redis::Cmd {
+pub fn ctl_entry(keys: &common::keys::Keys, entry: &common::ctl::CtlEntry) -> redis::Cmd {
     let mut c = redis::cmd("XADD");
     c.arg(keys.ctl())
         .arg("MAXLEN")

@@ -13,10 +13,11 @@
 //!   Multi-key commands and pipelines must stay in one hash slot: [`Conn::query_all`] runs commands for
 //!   different slots concurrently instead.
 //!
-//! This is the one module of `common` that does I/O; it holds no protocol logic.
+//! It holds no protocol logic: key names live in `common::keys`, registration messages in `common::ctl`.
 
-use crate::env::EnvReader;
+use crate::backoff::Backoff;
 use bytes::Bytes;
+use common::env::EnvReader;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, try_join_all};
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -319,7 +320,7 @@ impl Redis {
     /// Single and sentinel: a dedicated RESP2 pub/sub connection, pinged so a dead peer is noticed,
     /// re-established (and the primary asked again) whenever it ends.
     async fn dedicated_subscription(&self, channel: String, tx: mpsc::Sender<SubEvent>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let attempt = async {
                 let client = self.primary().await?;
@@ -330,13 +331,13 @@ impl Redis {
             let ps = match attempt.await {
                 Ok(ps) => ps,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "Redis subscription: cannot subscribe");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "Redis subscription: cannot subscribe");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             if tx.send(SubEvent::Subscribed).await.is_err() {
                 return;
             }
@@ -397,7 +398,7 @@ async fn sharded_subscription(
         }
         Ok(())
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut con = loop {
         let attempt = async {
             let client = ClusterClientBuilder::new(nodes.clone())
@@ -413,9 +414,9 @@ async fn sharded_subscription(
         match attempt.await {
             Ok(con) => break con,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Redis subscription: cannot subscribe");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "Redis subscription: cannot subscribe");
+                tokio::time::sleep(wait).await;
             }
         }
     };
