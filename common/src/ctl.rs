@@ -43,10 +43,12 @@ impl ReplayRequest {
     }
 }
 
-/// Digits only (no sign, no spaces): `u64::from_str` accepts a leading `+`, which would give one value
-/// two encodings.
+/// Digits only (no sign, no spaces, no leading zeros): `u64::from_str` accepts a leading `+` and leading
+/// zeros, which would give one value several encodings (and the `REPLAYED` script compares the stored
+/// request with the served one's encoding byte for byte).
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()
@@ -105,14 +107,20 @@ impl RegField {
         format!("{}|{}", self.query, self.gateway)
     }
 
-    /// Gateway ids never contain `|`; the query id is the part before the first one.
+    /// Gateway ids never contain `|`; the query id is the part before the first one, in its canonical form
+    /// (32 lowercase hex digits): `REPLAYED` compares a stored field with [`RegField::encode`] byte for
+    /// byte, so a field with another spelling of its id would never be marked served.
     pub fn decode(text: &str) -> Option<RegField> {
         let (q, gw) = text.split_once('|')?;
         if gw.is_empty() || gw.contains('|') {
             return None;
         }
+        let query: QueryId = q.parse().ok()?;
+        if query.to_string() != q {
+            return None;
+        }
         Some(RegField {
-            query: q.parse().ok()?,
+            query,
             gateway: gw.to_owned(),
         })
     }
@@ -143,6 +151,13 @@ pub enum CtlError {
     Invalid(&'static str),
     #[error("ctl entry with unknown op {0:?}")]
     UnknownOp(String),
+}
+
+impl crate::error::Classify for CtlError {
+    /// Ctl entries are written by our gateways: one we cannot read is a bug or a version mismatch.
+    fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Bug
+    }
 }
 
 impl CtlEntry {
@@ -260,14 +275,31 @@ mod tests {
             "x@1",
             " 1@2",
             "18446744073709551616@1",
+            // Found by the `replay_request` fuzz target: leading zeros gave "0@8" a second encoding.
+            "00@8",
+            "1@08",
         ] {
             assert_eq!(ReplayRequest::decode(bad.as_bytes()), None, "{bad:?}");
         }
+        assert_eq!(
+            ReplayRequest::decode(b"0@0"),
+            Some(ReplayRequest { from: 0, token: 0 }),
+            "a lone zero is the encoding of zero"
+        );
         assert_eq!(Replay::decode(b"--"), None);
         assert_eq!(RegField::decode("nobar"), None);
         assert_eq!(RegField::decode(&format!("{}|", QueryId(1))), None);
         assert_eq!(RegField::decode("zz|gw"), None);
         assert_eq!(RegField::decode(&format!("{}|a|b", QueryId(1))), None);
+        // Found by the `replay_request` fuzz target: `u128::from_str_radix` also reads short, `+`-signed
+        // and upper-case ids, so one registration had several fields.
+        for bad in ["1|]", "+1|g", "AB|g"] {
+            assert_eq!(RegField::decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            RegField::decode(&format!("{}|g", QueryId(0xab))),
+            Some(RegField::new(QueryId(0xab), "g"))
+        );
         let q = QueryId(5).to_string();
         assert_eq!(
             decode_map(&[("q", q.clone()), ("g", "g".into())]),

@@ -133,6 +133,13 @@ pub fn start_batch() -> Vec<u8> {
 #[error("malformed delivery batch: {0}")]
 pub struct BatchError(&'static str);
 
+impl crate::error::Classify for BatchError {
+    /// Batches are written by our workers: one we cannot read is a bug or a version mismatch.
+    fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Bug
+    }
+}
+
 /// Decode a message into entries whose bodies are ranges of `msg`.
 pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, BatchError> {
     let Some((&v, mut rest)) = msg.split_first() else {

@@ -13,6 +13,13 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+impl crate::error::Classify for ConfigError {
+    /// The operator's configuration: fixed by them, never by retrying.
+    fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Client
+    }
+}
+
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.var, self.problem)

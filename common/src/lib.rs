@@ -22,11 +22,13 @@
 //! - [`ctl`]: registrations, replay requests and ctl stream entries, encoded and decoded in one place.
 //! - [`change`]: captured transactions as they travel through the Redis change stream.
 //! - [`env`]: configuration from environment variables.
+//! - [`error`]: fault classification of every error, and the client-facing [`error::RealtimeError`].
 
 pub mod change;
 pub mod ctl;
 pub mod delivery;
 pub mod env;
+pub mod error;
 pub mod filter;
 pub mod keys;
 pub mod normalize;

@@ -123,6 +123,13 @@ pub enum FrameError {
     InvalidUtf8,
 }
 
+impl crate::error::Classify for FrameError {
+    /// The peer broke RFC 6455 or a limit: its connection is closed.
+    fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Client
+    }
+}
+
 impl FrameError {
     pub fn close_code(&self) -> u16 {
         match self {

@@ -48,6 +48,13 @@ impl Default for AssemblerConfig {
     }
 }
 
+impl common::error::Classify for AssembleError {
+    /// The message sequence broke pgoutput's rules (or our reading of them).
+    fn fault(&self) -> common::error::Fault {
+        common::error::Fault::Bug
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssembleError {
     #[error("{0}")]

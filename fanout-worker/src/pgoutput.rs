@@ -5,36 +5,28 @@
 //! the assembler can be driven from raw bytes in tests.
 
 use common::change::Cell;
-use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("pgoutput message truncated while reading {what}")]
     Truncated { what: &'static str },
+    #[error("unknown pgoutput message type {:?}", char::from(*.0))]
     UnknownMessage(u8),
+    #[error("unknown tuple column kind {:?}", char::from(*.0))]
     UnknownTupleKind(u8),
+    #[error("{what} is not valid UTF-8")]
     BadUtf8 { what: &'static str },
+    #[error("invalid pgoutput message: {0}")]
     Invalid(&'static str),
 }
 
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::Truncated { what } => {
-                write!(f, "pgoutput message truncated while reading {what}")
-            }
-            DecodeError::UnknownMessage(t) => {
-                write!(f, "unknown pgoutput message type {:?}", *t as char)
-            }
-            DecodeError::UnknownTupleKind(t) => {
-                write!(f, "unknown tuple column kind {:?}", *t as char)
-            }
-            DecodeError::BadUtf8 { what } => write!(f, "{what} is not valid UTF-8"),
-            DecodeError::Invalid(what) => write!(f, "invalid pgoutput message: {what}"),
-        }
+impl common::error::Classify for DecodeError {
+    /// PostgreSQL sent a message this decoder does not read: the session restarts from the last confirmed
+    /// position, which replays the same message, so retrying does not help.
+    fn fault(&self) -> common::error::Fault {
+        common::error::Fault::Bug
     }
 }
-
-impl std::error::Error for DecodeError {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelationColumn {

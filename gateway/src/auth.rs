@@ -66,6 +66,15 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+impl common::error::Classify for AuthError {
+    fn fault(&self) -> common::error::Fault {
+        match self {
+            AuthError::Unavailable(_) => common::error::Fault::Dependency,
+            _ => common::error::Fault::Client,
+        }
+    }
+}
+
 impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {

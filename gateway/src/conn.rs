@@ -11,12 +11,13 @@
 
 use crate::auth::{Accountability, AuthError, Authenticated, ClientInfo};
 use crate::outbox::Outbox;
-use crate::session::{Action, AuthPurpose, Session};
+use crate::session::{Action, AuthPurpose, Session, subscription_refused};
 use crate::state::AppState;
 use crate::subscribe::{ActiveSub, SubCtx, Subscribed, detach, reauthorize, subscribe};
 use crate::telemetry::{self, AuthState, CloseReason};
+use common::error::RealtimeError;
 use common::normalize::NormalizedQuery;
-use common::protocol::{Credentials, Uid, close};
+use common::protocol::{Credentials, ErrorReply, Uid, close};
 use common::ws::{Decoder, Message, OpCode, encode_close, encode_frame, encode_header};
 use std::future::Future;
 use std::pin::Pin;
@@ -32,8 +33,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// is dropped (a slow consumer that stopped reading never drains).
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// A subscription's uid and its normalisation for a new identity (or the error frame refusing it).
-type Reauthorized = (String, Result<Arc<NormalizedQuery>, Vec<u8>>);
+/// A subscription's uid and its normalisation for a new identity (or why it is refused).
+type Reauthorized = (String, Result<Arc<NormalizedQuery>, RealtimeError>);
 
 /// Result of the operation in flight.
 enum Done {
@@ -46,7 +47,7 @@ enum Done {
     },
     Subscribe {
         uid: String,
-        result: Box<Result<Subscribed, Vec<u8>>>,
+        result: Box<Result<Subscribed, RealtimeError>>,
     },
     /// New normalisations of the subscriptions for a changed identity, by uid.
     Reauthorized(Vec<Reauthorized>),
@@ -369,10 +370,13 @@ impl Conn {
         encode_close(&mut self.wbuf, code, text);
     }
 
+    /// Render an error reply (the only place errors become bytes) and count it by code.
+    fn send_error(&mut self, reply: &ErrorReply) {
+        telemetry::protocol_error(reply.code.code());
+        self.send(&reply.frame());
+    }
+
     fn send(&mut self, frame: &[u8]) {
-        if let Some(code) = common::protocol::error_code_of(frame) {
-            telemetry::protocol_error(code.code());
-        }
         telemetry::hot().messages_sent.increment(1);
         encode_frame(&mut self.wbuf, OpCode::Text, frame);
     }
@@ -422,6 +426,7 @@ impl Conn {
             }
             match action {
                 Action::Send(frame) => self.send(&frame),
+                Action::Error(reply) => self.send_error(&reply),
                 Action::Close(reason) => self.close(close::NO_STATUS, "", reason),
                 Action::FallBackToPublic => {
                     self.set_identity(self.public.clone());
@@ -588,8 +593,8 @@ impl Conn {
                         detach(&self.state, id, key);
                     }
                 }
-                Err(frame) => {
-                    let actions = self.session.on_subscribed(uid, Err(frame));
+                Err(e) => {
+                    let actions = self.session.on_subscribed(uid, Err(e));
                     self.apply(actions);
                 }
             },
@@ -629,9 +634,9 @@ impl Conn {
                     }
                     self.state.hub.activate(id, key, None, 0);
                 }
-                Err(frame) => {
+                Err(e) => {
                     denied.push(uid);
-                    self.send(&frame);
+                    self.send_error(&subscription_refused(e));
                 }
             }
         }

@@ -11,11 +11,33 @@
 
 use crate::config::{AuthMode, RateLimit};
 use crate::telemetry::CloseReason;
+use common::error::RealtimeError;
 use common::protocol::{
-    self, ClientMessage, Credentials, ErrorCode, SubscribeRequest, Uid, error_frame,
+    self, ClientMessage, Credentials, ErrorCode, ErrorReply, SubscribeRequest, Uid,
     parse_client_message,
 };
 use std::time::{Duration, Instant};
+
+/// An error reply with one of this protocol's texts.
+fn error<S>(
+    context: &'static str,
+    code: ErrorCode,
+    message: impl Into<String>,
+    uid: Option<&Uid>,
+) -> Action<S> {
+    Action::Error(ErrorReply {
+        context,
+        code,
+        message: message.into(),
+        uid: uid.cloned(),
+    })
+}
+
+/// A refused subscription (at subscribe time, or after an identity change): Directus's service errors are
+/// `subscribe` errors without a uid.
+pub fn subscription_refused(e: RealtimeError) -> ErrorReply {
+    ErrorReply::new("subscribe", e, None)
+}
 
 /// Settings shared by every session of a listener.
 #[derive(Debug, Clone)]
@@ -42,6 +64,8 @@ pub enum AuthPurpose {
 #[derive(Debug, PartialEq)]
 pub enum Action<S> {
     Send(Vec<u8>),
+    /// Send this error (the socket renders it and counts it by code).
+    Error(ErrorReply),
     /// Close after flushing what was sent, with no status code (Directus's `close()`); the reason is
     /// for metrics.
     Close(CloseReason),
@@ -185,8 +209,8 @@ impl<S> Session<S> {
         .min()
     }
 
-    fn handshake_failed() -> Vec<u8> {
-        error_frame(
+    fn handshake_failed() -> Action<S> {
+        error(
             "auth",
             ErrorCode::AuthFailed,
             protocol::MSG_HANDSHAKE_FAILED,
@@ -210,7 +234,7 @@ impl<S> Session<S> {
                     }]
                 }
                 _ => vec![
-                    Action::Send(Self::handshake_failed()),
+                    Self::handshake_failed(),
                     Action::Close(CloseReason::AuthFailed),
                 ],
             };
@@ -226,19 +250,19 @@ impl<S> Session<S> {
                     .duration
                     .saturating_sub(now.duration_since(*start))
                     .as_millis();
-                return vec![Action::Send(error_frame(
+                return vec![error(
                     "server",
                     ErrorCode::RequestsExceeded,
                     &protocol::msg_requests_exceeded(retry),
                     None,
-                ))];
+                )];
             }
             *count += 1;
         }
         let msg = match parse_client_message(text) {
             Ok(m) => m,
             // JSON and zod errors never carry a uid.
-            Err(rejection) => return vec![Action::Send(rejection.frame())],
+            Err(rejection) => return vec![Action::Error(rejection)],
         };
         if let ClientMessage::Auth { credentials, uid } = msg {
             // Any auth message ends the re-auth wait after TOKEN_EXPIRED; it is then handled normally.
@@ -268,12 +292,12 @@ impl<S> Session<S> {
                     return Vec::new();
                 }
                 if self.subs.len() >= cfg.max_subscriptions {
-                    return vec![Action::Send(error_frame(
+                    return vec![error(
                         "subscribe",
                         ErrorCode::LimitExceeded,
                         &protocol::msg_too_many_subscriptions(cfg.max_subscriptions),
                         request.uid.as_ref(),
-                    ))];
+                    )];
                 }
                 self.busy = true;
                 vec![Action::Subscribe { request, uid }]
@@ -297,12 +321,12 @@ impl<S> Session<S> {
                 vec![Action::Send(protocol::pong_frame(uid.as_ref()))]
             }
             // A well-formed `items` message (the parser checked Directus's shape): not served here.
-            ClientMessage::Items { uid } => vec![Action::Send(error_frame(
+            ClientMessage::Items { uid } => vec![error(
                 "items",
                 ErrorCode::InvalidPayload,
                 &protocol::msg_invalid_payload(protocol::REASON_ITEMS_UNSUPPORTED),
                 uid.as_ref(),
-            ))],
+            )],
             _ => Vec::new(),
         }
     }
@@ -312,12 +336,12 @@ impl<S> Session<S> {
         self.expires_at = None;
         let mut actions = vec![
             Action::FallBackToPublic,
-            Action::Send(error_frame(
+            error(
                 "auth",
                 ErrorCode::AuthFailed,
                 protocol::MSG_AUTH_FAILED,
                 uid,
-            )),
+            ),
         ];
         if cfg.mode != AuthMode::Public {
             actions.push(Action::Close(CloseReason::AuthFailed));
@@ -348,7 +372,7 @@ impl<S> Session<S> {
             }
             (AuthPurpose::Handshake, Err(())) => {
                 vec![
-                    Action::Send(Self::handshake_failed()),
+                    Self::handshake_failed(),
                     Action::Close(CloseReason::AuthFailed),
                 ]
             }
@@ -364,11 +388,12 @@ impl<S> Session<S> {
         }
     }
 
-    /// The result of an [`Action::Subscribe`]: the subscription and its `init` frame, or the error frame.
+    /// The result of an [`Action::Subscribe`]: the subscription and its `init` frame, or why it was
+    /// refused.
     pub fn on_subscribed(
         &mut self,
         uid: String,
-        result: Result<(S, Vec<u8>), Vec<u8>>,
+        result: Result<(S, Vec<u8>), RealtimeError>,
     ) -> Vec<Action<S>> {
         self.busy = false;
         match result {
@@ -376,7 +401,7 @@ impl<S> Session<S> {
                 self.subs.push(Sub { uid, data });
                 vec![Action::Send(init)]
             }
-            Err(frame) => vec![Action::Send(frame)],
+            Err(e) => vec![Action::Error(subscription_refused(e))],
         }
     }
 
@@ -387,7 +412,7 @@ impl<S> Session<S> {
             && now >= deadline
             && !self.busy
         {
-            actions.push(Action::Send(Self::handshake_failed()));
+            actions.push(Self::handshake_failed());
             actions.push(Action::Close(CloseReason::AuthTimeout));
             return actions;
         }
@@ -396,21 +421,21 @@ impl<S> Session<S> {
             self.authenticated = false;
             self.reauth_deadline = Some(now + cfg.auth_timeout);
             actions.push(Action::FallBackToPublic);
-            actions.push(Action::Send(error_frame(
+            actions.push(error(
                 "auth",
                 ErrorCode::TokenExpired,
                 protocol::MSG_TOKEN_EXPIRED,
                 None,
-            )));
+            ));
         }
         if self.reauth_deadline.is_some_and(|t| now >= t) {
             self.reauth_deadline = None;
-            actions.push(Action::Send(error_frame(
+            actions.push(error(
                 "auth",
                 ErrorCode::AuthTimeout,
                 protocol::MSG_AUTH_TIMEOUT,
                 None,
-            )));
+            ));
             if cfg.mode != AuthMode::Public {
                 actions.push(Action::Close(CloseReason::AuthTimeout));
                 return actions;

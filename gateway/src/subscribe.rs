@@ -22,9 +22,10 @@ use crate::outbox::Outbox;
 use crate::state::AppState;
 use bytes::Bytes;
 use common::delivery::PgSnapshot;
+use common::error::RealtimeError;
 use common::filter::{QueryError, VarContext};
 use common::normalize::{NormalizeLimits, Normalized, NormalizedQuery, QueryId, normalize};
-use common::protocol::{self, ErrorCode, SubscribeRequest, error_frame};
+use common::protocol::{self, ErrorCode, SubscribeRequest};
 use common::query::{MetaKind, parse_query};
 use common::schema::Collection;
 use std::sync::Arc;
@@ -66,16 +67,16 @@ pub fn suffix_for(uid: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// A Directus service error: `type` `subscribe`, never a uid.
-fn service_error(code: ErrorCode, message: &str) -> Vec<u8> {
-    error_frame("subscribe", code, message, None)
+/// A Directus service error (sent as a `subscribe` error without uid, see `session::subscription_refused`).
+fn service_error(code: ErrorCode, message: &str) -> RealtimeError {
+    RealtimeError::new(code, message)
 }
 
-fn query_error(e: &QueryError) -> Vec<u8> {
-    service_error(e.code(), &e.to_string())
+fn query_error(e: &QueryError) -> RealtimeError {
+    e.clone().into()
 }
 
-fn unavailable() -> Vec<u8> {
+fn unavailable() -> RealtimeError {
     service_error(
         ErrorCode::ServiceUnavailable,
         protocol::MSG_DATABASE_UNAVAILABLE,
@@ -85,7 +86,10 @@ fn unavailable() -> Vec<u8> {
 use common_io::clock::unix_micros as now_micros;
 
 /// Look the collection up, reloading the schema once if it is unknown (a table created since).
-async fn find_collection(state: &AppState, name: &str) -> Result<Option<Collection>, Vec<u8>> {
+async fn find_collection(
+    state: &AppState,
+    name: &str,
+) -> Result<Option<Collection>, RealtimeError> {
     if let Some(c) = state.schema.get().get(name) {
         return Ok(Some(c.clone()));
     }
@@ -105,7 +109,7 @@ async fn prepare(
     state: &AppState,
     acct: &Accountability,
     req: &SubscribeRequest,
-) -> Result<(Collection, Normalized), Vec<u8>> {
+) -> Result<(Collection, Normalized), RealtimeError> {
     let collection = req.collection.as_str();
     let forbidden_collection = || query_error(&QueryError::unknown_collection(collection));
     // Directus knows `directus_extensions` (a system collection) and refuses it after the query.
@@ -186,19 +190,19 @@ async fn prepare(
     Ok((coll, normalized))
 }
 
-/// Normalise again for a new identity (after re-auth or token expiry): the query to move to, or the
-/// error frame if the subscription is no longer allowed.
+/// Normalise again for a new identity (after re-auth or token expiry): the query to move to, or why the
+/// subscription is no longer allowed.
 pub async fn reauthorize(
     state: &AppState,
     acct: &Accountability,
     req: &SubscribeRequest,
-) -> Result<Arc<NormalizedQuery>, Vec<u8>> {
+) -> Result<Arc<NormalizedQuery>, RealtimeError> {
     prepare(state, acct, req)
         .await
         .map(|(_, n)| Arc::new(n.query))
 }
 
-fn parse_lsn_text(text: &str) -> Result<u64, Vec<u8>> {
+fn parse_lsn_text(text: &str) -> Result<u64, RealtimeError> {
     common::change::parse_lsn(text).ok_or_else(unavailable)
 }
 
@@ -209,7 +213,7 @@ pub async fn subscribe(
     req: SubscribeRequest,
     uid: &str,
     ctx: SubCtx,
-) -> Result<Subscribed, Vec<u8>> {
+) -> Result<Subscribed, RealtimeError> {
     let (coll, Normalized { query, snapshot }) = prepare(state, acct, &req).await?;
     let id = query.id();
     let key = SubKey {
@@ -295,9 +299,9 @@ pub async fn subscribe(
             snapshot: Some(Arc::new(snap)),
             until,
         }),
-        Err(frame) => {
+        Err(e) => {
             detach(state, id, key);
-            Err(frame)
+            Err(e)
         }
     }
 }
@@ -322,7 +326,7 @@ async fn read_snapshot(
     coll: &Collection,
     query: &NormalizedQuery,
     spec: &common::normalize::SnapshotSpec,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), Vec<u8>> {
+) -> Result<(Vec<u8>, Option<Vec<u8>>), RealtimeError> {
     let cap = state.config.limits.init_max_rows;
     let mut spec = spec.clone();
     let unlimited = spec.limit.is_none_or(|l| l > cap);

@@ -39,6 +39,18 @@ pub enum QueryError {
     Forbidden(String),
 }
 
+impl crate::error::Classify for QueryError {
+    fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Client
+    }
+}
+
+impl From<QueryError> for crate::error::RealtimeError {
+    fn from(e: QueryError) -> crate::error::RealtimeError {
+        crate::error::RealtimeError::new(e.code(), e.to_string())
+    }
+}
+
 impl QueryError {
     pub fn invalid(reason: impl Into<String>) -> QueryError {
         QueryError::Invalid(reason.into())

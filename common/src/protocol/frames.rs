@@ -1,24 +1,37 @@
 //! Outbound frames, byte-for-byte as Directus builds them (key order of `fmtMessage` and
-//! `WebSocketError#toJSON`, the uid rules), and reading the error code back from an error frame.
+//! `WebSocketError#toJSON`, the uid rules), and the error replies rendered to frames at the socket.
 
 use super::{ErrorCode, EventKind, Uid};
+use crate::error::RealtimeError;
 
 // ---------------------------------------------------------------------------------------------------------
 // Outbound frames (key order as Directus's fmtMessage / WebSocketError#toJSON)
 
-/// The code of a frame built by [`error_frame`], `None` for any other frame (for counting errors sent
-/// without threading the code through every path that sends one).
-pub fn error_code_of(frame: &[u8]) -> Option<ErrorCode> {
-    const HEAD: &[u8] = b"{\"type\":\"";
-    const MID: &[u8] = b",\"status\":\"error\",\"error\":{\"code\":\"";
-    let rest = frame.strip_prefix(HEAD)?;
-    // Contexts are plain words (`server`, `auth`, `subscribe`, ...): the first quote ends the type.
-    let end = rest.iter().position(|&b| b == b'"')?;
-    let rest = rest[end + 1..].strip_prefix(MID)?;
-    ErrorCode::ALL.into_iter().find(|c| {
-        rest.strip_prefix(c.code().as_bytes())
-            .is_some_and(|r| r.first() == Some(&b'"'))
-    })
+/// An error on its way to a client of the `/websocket` protocol: the [`RealtimeError`] plus how this
+/// protocol frames it (the `type` context, and the request's uid where Directus echoes one). Rendered to
+/// bytes only by [`ErrorReply::frame`], at the socket, which also counts it by code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorReply {
+    /// The `type` field of the error frame (`server`, `auth`, `subscribe`, `items`).
+    pub context: &'static str,
+    pub code: ErrorCode,
+    pub message: String,
+    pub uid: Option<Uid>,
+}
+
+impl ErrorReply {
+    pub fn new(context: &'static str, error: RealtimeError, uid: Option<Uid>) -> ErrorReply {
+        ErrorReply {
+            context,
+            code: error.code,
+            message: error.message,
+            uid,
+        }
+    }
+
+    pub fn frame(&self) -> Vec<u8> {
+        error_frame(self.context, self.code, &self.message, self.uid.as_ref())
+    }
 }
 
 /// `{"type":<ctx>,"status":"error","error":{"code":..,"message":..}[,"uid":<raw>]}`

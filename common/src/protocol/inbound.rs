@@ -2,7 +2,7 @@
 //! (`api/src/websocket/messages.ts`), the parsed [`ClientMessage`], the stored form of a subscribe
 //! request, and the rejection to send back.
 
-use super::frames::error_frame;
+use super::frames::ErrorReply;
 use super::zod::{
     ZodIssue, at, union_of, z_array, z_literal, z_object, z_optional, z_record, z_string,
     z_string_or_number, z_union,
@@ -108,26 +108,15 @@ pub enum ClientMessage {
 }
 
 /// A rejected inbound message: what to send back. Rejections are JSON and zod errors, which never carry a
-/// uid (spec §1.1), so the frame has none.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    /// The `type` field of the error frame.
-    pub context: &'static str,
-    pub code: ErrorCode,
-    pub message: String,
-}
+/// uid (spec §1.1), so their `uid` is `None`.
+pub type Rejection = ErrorReply;
 
-impl Rejection {
-    fn zod(context: &'static str, issues: &[ZodIssue]) -> Rejection {
-        Rejection {
-            context,
-            code: ErrorCode::InvalidPayload,
-            message: zod_message(issues),
-        }
-    }
-
-    pub fn frame(&self) -> Vec<u8> {
-        error_frame(self.context, self.code, &self.message, None)
+fn zod_rejection(context: &'static str, issues: &[ZodIssue]) -> Rejection {
+    Rejection {
+        context,
+        code: ErrorCode::InvalidPayload,
+        message: zod_message(issues),
+        uid: None,
     }
 }
 
@@ -141,12 +130,13 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
         context: "server",
         code: ErrorCode::InvalidPayload,
         message: MSG_UNPARSEABLE.into(),
+        uid: None,
     })?;
-    let obj = z_object(Some(&value)).map_err(|issues| Rejection::zod("server", &issues))?;
+    let obj = z_object(Some(&value)).map_err(|issues| zod_rejection("server", &issues))?;
     let mut issues = at("type", z_string(obj.get("type")));
     issues.extend(at("uid", z_optional(obj.get("uid"), z_string_or_number)));
     if !issues.is_empty() {
-        return Err(Rejection::zod("server", &issues));
+        return Err(zod_rejection("server", &issues));
     }
     let ty = obj.get("type").and_then(Json::as_str).expect("checked");
     let uid = obj.get("uid").and_then(Uid::from_json);
@@ -255,7 +245,7 @@ fn parse_subscribe(
     issues.extend(at("item", z_optional(obj.get("item"), z_string_or_number)));
     issues.extend(at("query", z_optional(obj.get("query"), z_record)));
     if !issues.is_empty() {
-        return Err(Rejection::zod("subscribe", &issues));
+        return Err(zod_rejection("subscribe", &issues));
     }
     let event = match obj.get("event").and_then(Json::as_str) {
         Some("create") => Some(EventKind::Create),
@@ -301,6 +291,6 @@ fn check_items(obj: &Map<String, Json>) -> Result<(), Rejection> {
     if issues.is_empty() {
         Ok(())
     } else {
-        Err(Rejection::zod("items", &issues))
+        Err(zod_rejection("items", &issues))
     }
 }

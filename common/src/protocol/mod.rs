@@ -28,7 +28,7 @@ pub use codes::{
     msg_requests_exceeded, msg_too_many_subscriptions, reason_item_subscription,
 };
 pub use frames::{
-    PING_FRAME, auth_ok_frame, error_code_of, error_frame, event_body, init_frame, pong_frame,
+    ErrorReply, PING_FRAME, auth_ok_frame, error_frame, event_body, init_frame, pong_frame,
     unsubscribe_frame, write_subscription_suffix,
 };
 pub use inbound::{

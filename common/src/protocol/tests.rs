@@ -477,19 +477,26 @@ fn stored_requests_round_trip() {
 }
 
 #[test]
-fn error_codes_are_read_back_from_error_frames_only() {
+fn error_replies_render_their_context_code_text_and_uid() {
     for code in ErrorCode::ALL {
-        let frame = error_frame("subscribe", code, "m", Some(&Uid::Str("a".into())));
-        assert_eq!(error_code_of(&frame), Some(code));
+        let reply = ErrorReply::new(
+            "subscribe",
+            crate::error::RealtimeError::new(code, "m"),
+            Some(Uid::Str("a".into())),
+        );
+        assert_eq!(
+            reply.frame(),
+            error_frame("subscribe", code, "m", Some(&Uid::Str("a".into())))
+        );
     }
-    assert_eq!(error_code_of(PING_FRAME), None);
-    assert_eq!(error_code_of(br#"{"type":"auth","status":"ok"}"#), None);
-    // An event whose data happens to contain the error text is not an error.
+    let bare = ErrorReply::new(
+        "auth",
+        crate::error::RealtimeError::new(ErrorCode::AuthFailed, MSG_AUTH_FAILED),
+        None,
+    );
     assert_eq!(
-        error_code_of(
-            br#"{"type":"subscription","event":"init","data":[{"t":",\"status\":\"error\",\"error\":{\"code\":\"FORBIDDEN\""}]}"#
-        ),
-        None
+        s(bare.frame()),
+        r#"{"type":"auth","status":"error","error":{"code":"AUTH_FAILED","message":"Authentication failed."}}"#
     );
 }
 

@@ -41,6 +41,14 @@ pub struct ParseError {
     pub text: String,
 }
 
+impl crate::error::Classify for ParseError {
+    /// Datums are PostgreSQL's own text output: one we cannot read means our decoder and the server
+    /// disagree.
+    fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Bug
+    }
+}
+
 fn perr(kind: &'static str, text: &str) -> ParseError {
     ParseError {
         kind,

@@ -20,6 +20,7 @@ fn sent<S>(actions: &[Action<S>]) -> Vec<Json> {
         .iter()
         .filter_map(|a| match a {
             Action::Send(b) => Some(serde_json::from_slice(b).unwrap()),
+            Action::Error(e) => Some(serde_json::from_slice(&e.frame()).unwrap()),
             _ => None,
         })
         .collect()
@@ -336,8 +337,16 @@ fn subscribe_uids_duplicates_and_limits() {
         t0,
         &msg(json!({"type":"subscribe","collection":"nope","uid":"x"})),
     );
-    s2.on_subscribed("x".into(), Err(b"{\"type\":\"subscribe\"}".to_vec()));
+    let a = s2.on_subscribed(
+        "x".into(),
+        Err(RealtimeError::new(ErrorCode::Forbidden, "no")),
+    );
     assert!(s2.subscriptions().is_empty());
+    // Refused as a service error: `subscribe` context, no uid.
+    assert_eq!(
+        sent(&a),
+        [json!({"type":"subscribe","status":"error","error":{"code":"FORBIDDEN","message":"no"}})]
+    );
 }
 
 #[test]
