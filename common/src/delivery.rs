@@ -4,12 +4,14 @@
 //!   positions only grow; a gateway drops anything at or below the last it delivered (workers are
 //!   at-least-once: failover and replays re-send).
 //! - Batches ([`encode_batch`], [`decode_batch`]): the binary message a worker publishes on a gateway's
-//!   channel: entries of (query, position, xid, pre-encoded frame body). The body is encoded once per
-//!   query and shared by every subscriber; the gateway only appends each subscriber's `,"uid":"…"}`.
+//!   channel: entries of (event kind, query, position, xid, the event's `data`). The data is
+//!   protocol-neutral (`crate::event`), encoded once per query and shared by every subscriber; the
+//!   gateway's protocol only adds its envelope and each subscriber's part around it.
 //!   A [`EntryKind::ReplayDone`] entry closes a replay the gateway asked for (see `gateway::hub`).
 //! - [`PgSnapshot`]: PostgreSQL's `pg_current_snapshot()`, to drop events already contained in an `init`
 //!   snapshot (gap-free init).
 
+use crate::event::EventKind;
 use crate::normalize::QueryId;
 
 /// Position of an event: the transaction's commit LSN, the chunk within it, the frame within the chunk.
@@ -37,8 +39,8 @@ impl std::fmt::Display for Position {
 /// What an entry carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
-    /// An event frame body for the query's subscribers.
-    Event,
+    /// An event for the query's subscribers; the body is its `data`.
+    Event(EventKind),
     /// The end of a replay this gateway asked for: every event of the query up to `pos` has been
     /// published before this entry. The body is the registration token the replay answered.
     ReplayDone,
@@ -54,12 +56,14 @@ pub struct Entry<B> {
     pub xid: u32,
     /// Commit time, µs since the Unix epoch (for latency metrics).
     pub commit_time: i64,
-    /// Events: `{"type":"subscription","event":"…","data":…` without the closing part.
-    /// Replay ends: the registration token.
+    /// Events: the event's `data` JSON. Replay ends: the registration token.
     pub body: B,
 }
 
-const VERSION: u8 = 2;
+/// Version 3: neutral event data, the kind in the entry's kind byte. Version 2 (whole Directus bodies,
+/// one event kind byte) is still read, so gateways can be upgraded before the workers.
+const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 const HEADER: usize = 1 + 16 + 8 + 4 + 2 + 4 + 8 + 4;
 
 /// Encode entries into one message.
@@ -84,16 +88,25 @@ pub fn encode_batch<B: AsRef<[u8]>>(entries: &[Entry<B>]) -> Vec<u8> {
     out
 }
 
-/// Append one event to a message started with [`start_batch`].
+/// Append one event (its `data`) to a message started with [`start_batch`].
 pub fn append_entry(
     out: &mut Vec<u8>,
+    event: EventKind,
     query: QueryId,
     pos: Position,
     xid: u32,
     commit_time: i64,
-    body: &[u8],
+    data: &[u8],
 ) {
-    append(out, EntryKind::Event, query, pos, xid, commit_time, body);
+    append(
+        out,
+        EntryKind::Event(event),
+        query,
+        pos,
+        xid,
+        commit_time,
+        data,
+    );
 }
 
 /// Append the end of a replay of `query` up to `pos`, answering registration `token`.
@@ -111,8 +124,10 @@ fn append(
     body: &[u8],
 ) {
     out.push(match kind {
-        EntryKind::Event => 0,
         EntryKind::ReplayDone => 1,
+        EntryKind::Event(EventKind::Create) => 2,
+        EntryKind::Event(EventKind::Update) => 3,
+        EntryKind::Event(EventKind::Delete) => 4,
     });
     out.extend_from_slice(&query.0.to_be_bytes());
     out.extend_from_slice(&pos.lsn.to_be_bytes());
@@ -145,7 +160,7 @@ pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, Ba
     let Some((&v, mut rest)) = msg.split_first() else {
         return Err(BatchError("empty"));
     };
-    if v != VERSION {
+    if v != VERSION && v != VERSION_2 {
         return Err(BatchError("unknown version"));
     }
     let mut at = 1usize;
@@ -154,9 +169,13 @@ pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, Ba
         if rest.len() < HEADER {
             return Err(BatchError("truncated header"));
         }
-        let kind = match rest[0] {
-            0 => EntryKind::Event,
-            1 => EntryKind::ReplayDone,
+        let kind = match (v, rest[0]) {
+            (_, 1) => EntryKind::ReplayDone,
+            (VERSION, 2) => EntryKind::Event(EventKind::Create),
+            (VERSION, 3) => EntryKind::Event(EventKind::Update),
+            (VERSION, 4) => EntryKind::Event(EventKind::Delete),
+            // Version 2: the kind is inside the body (read below).
+            (VERSION_2, 0) => EntryKind::Event(EventKind::Create),
             _ => return Err(BatchError("unknown entry kind")),
         };
         let h = &rest[1..];
@@ -175,18 +194,37 @@ pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, Ba
         if rest.len() < HEADER + len {
             return Err(BatchError("truncated body"));
         }
+        let mut body = at + HEADER..at + HEADER + len;
+        let kind = match kind {
+            EntryKind::Event(_) if v == VERSION_2 => {
+                let (event, head) = v2_event(&msg[body.clone()])
+                    .ok_or(BatchError("version 2 event without a Directus envelope"))?;
+                body.start += head;
+                EntryKind::Event(event)
+            }
+            k => k,
+        };
         out.push(Entry {
             kind,
             query,
             pos,
             xid,
             commit_time,
-            body: at + HEADER..at + HEADER + len,
+            body,
         });
         at += HEADER + len;
         rest = &rest[HEADER + len..];
     }
     Ok(out)
+}
+
+/// A version 2 event body, `{"type":"subscription","event":"<e>","data":<data>`: its kind and the length
+/// of the part before `<data>`.
+fn v2_event(body: &[u8]) -> Option<(EventKind, usize)> {
+    EventKind::ALL.into_iter().find_map(|k| {
+        let head = crate::protocol::event_head(k);
+        body.starts_with(head).then_some((k, head.len()))
+    })
 }
 
 /// `pg_current_snapshot()`: transactions below `xmin` are complete, from `xmax` on not yet started, and
@@ -249,7 +287,7 @@ mod tests {
     fn batch_round_trip() {
         let entries = vec![
             Entry {
-                kind: EntryKind::Event,
+                kind: EntryKind::Event(EventKind::Update),
                 query: QueryId(7),
                 pos: Position {
                     lsn: 100,
@@ -285,12 +323,81 @@ mod tests {
         }
         assert!(decode_batch(&[]).is_err());
         assert!(decode_batch(&[1]).is_err(), "old version");
+        for kind in EventKind::ALL {
+            let m = encode_batch(&[Entry {
+                kind: EntryKind::Event(kind),
+                query: QueryId(1),
+                pos: Position::ZERO,
+                xid: 0,
+                commit_time: 0,
+                body: b"[1]".to_vec(),
+            }]);
+            assert_eq!(decode_batch(&m).unwrap()[0].kind, EntryKind::Event(kind));
+        }
         let mut bad_kind = msg.clone();
         bad_kind[1] = 9;
         assert!(decode_batch(&bad_kind).is_err());
         assert!(decode_batch(&msg[..msg.len() - 1]).is_err());
         assert!(decode_batch(&msg[..10]).is_err());
         assert_eq!(decode_batch(&start_batch()).unwrap().len(), 0);
+    }
+
+    /// What a version 2 worker published: whole Directus bodies, entry kind 0 for every event.
+    fn v2_batch(entries: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut m = vec![VERSION_2];
+        for (kind, body) in entries {
+            m.push(*kind);
+            m.extend_from_slice(&7u128.to_be_bytes());
+            m.extend_from_slice(&100u64.to_be_bytes());
+            m.extend_from_slice(&1u32.to_be_bytes());
+            m.extend_from_slice(&2u16.to_be_bytes());
+            m.extend_from_slice(&9u32.to_be_bytes());
+            m.extend_from_slice(&123i64.to_be_bytes());
+            m.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            m.extend_from_slice(body);
+        }
+        m
+    }
+
+    #[test]
+    fn version_2_batches_read_as_neutral_events() {
+        let m = v2_batch(&[
+            (
+                0,
+                br#"{"type":"subscription","event":"delete","data":["5"]"#,
+            ),
+            (1, b"0@3"),
+            (
+                0,
+                br#"{"type":"subscription","event":"create","data":[{"id":1}]"#,
+            ),
+        ]);
+        let d = decode_batch(&m).unwrap();
+        let got: Vec<_> = d.iter().map(|e| (e.kind, &m[e.body.clone()])).collect();
+        assert_eq!(
+            got,
+            [
+                (EntryKind::Event(EventKind::Delete), &br#"["5"]"#[..]),
+                (EntryKind::ReplayDone, &b"0@3"[..]),
+                (EntryKind::Event(EventKind::Create), &br#"[{"id":1}]"#[..]),
+            ]
+        );
+        assert_eq!(
+            (d[0].query, d[0].pos, d[0].xid, d[0].commit_time),
+            (
+                QueryId(7),
+                Position {
+                    lsn: 100,
+                    seq: 1,
+                    idx: 2
+                },
+                9,
+                123
+            )
+        );
+        // Only kinds 0 and 1 existed, and an event body must carry the envelope.
+        assert!(decode_batch(&v2_batch(&[(2, b"[1]")])).is_err());
+        assert!(decode_batch(&v2_batch(&[(0, b"[1]")])).is_err());
     }
 
     #[test]

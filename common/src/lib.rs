@@ -15,6 +15,7 @@
 //! - [`schema`]: the collections the server knows about.
 //! - [`normalize`]: a subscription plus the caller's permissions becomes a canonical [`normalize::NormalizedQuery`]
 //!   whose hash is the query id.
+//! - [`project`]: the one row projection (fields, field visibility, JSON values) for `init` and events.
 //! - [`sql`]: parameterised SQL for init snapshots.
 //! - [`shard`], [`keys`]: stable hashing and the Redis key schema.
 //! - [`ws`]: RFC 6455 framing.
@@ -22,6 +23,7 @@
 //! - [`ctl`]: registrations, replay requests and ctl stream entries, encoded and decoded in one place.
 //! - [`change`]: captured transactions as they travel through the Redis change stream.
 //! - [`env`]: configuration from environment variables.
+//! - [`event`]: the protocol-neutral event (kind and shared `data`) workers send and gateways frame.
 //! - [`error`]: fault classification of every error, and the client-facing [`error::RealtimeError`].
 
 pub mod change;
@@ -29,9 +31,11 @@ pub mod ctl;
 pub mod delivery;
 pub mod env;
 pub mod error;
+pub mod event;
 pub mod filter;
 pub mod keys;
 pub mod normalize;
+pub mod project;
 pub mod protocol;
 pub mod query;
 pub mod schema;

@@ -30,26 +30,20 @@ pub fn table(coll: &Collection) -> String {
     format!("{}.{}", ident(&coll.schema), ident(&coll.name))
 }
 
-/// `SELECT <fields as text> FROM <table> t WHERE <filter> ORDER BY .. LIMIT .. OFFSET ..`; the result
-/// columns are the query's fields, in order.
+/// `SELECT <columns as text> FROM <table> t WHERE <filter> ORDER BY .. LIMIT .. OFFSET ..`; the result
+/// columns are the query's fields, in order, then the other columns their visibility conditions read
+/// ([`crate::project::condition_columns`]). Field visibility is not decided here: the rows go through
+/// [`crate::project::write_object`], like every event.
 pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> Sql {
     let mut params = Vec::new();
     let mut text = String::from("SELECT ");
-    for (i, p) in q.fields.iter().enumerate() {
+    let extra = crate::project::condition_columns(&q.fields);
+    let columns = q.fields.iter().map(|p| p.field.as_str()).chain(extra);
+    for (i, field) in columns.enumerate() {
         if i > 0 {
             text.push_str(", ");
         }
-        match &p.when {
-            None => text.push_str(&select_expr(coll, &p.field)),
-            Some(cond) => {
-                let cond = filter(cond, &mut params);
-                let _ = write!(
-                    text,
-                    "CASE WHEN {cond} THEN {} END",
-                    select_expr(coll, &p.field)
-                );
-            }
-        }
+        text.push_str(&select_expr(coll, field));
     }
     if q.fields.is_empty() {
         text.push_str("NULL");

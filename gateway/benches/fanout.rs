@@ -1,13 +1,14 @@
 //! Gateway fan-out: one change on one query delivered to 10 000 local subscribers.
 //!
-//! Measures [`Hub::deliver`]: decode the worker's batch, dedupe by position, and queue the shared body
-//! with each subscriber's uid suffix in its outbox (no per-subscriber JSON). Draining the outboxes (the
+//! Measures [`Hub::deliver`]: decode the worker's batch, dedupe by position, and queue the shared event
+//! data with each subscriber's uid suffix in its outbox (no per-subscriber JSON). Draining the outboxes (the
 //! socket tasks' job) happens outside the timed region. Throughput is in frames queued.
 //!
 //! Run: `cargo bench -p gateway --bench fanout`.
 
 use bytes::Bytes;
 use common::delivery::{Entry, EntryKind, Position, encode_batch};
+use common::event::EventKind;
 use common::normalize::QueryId;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gateway::hub::{Hub, SubKey};
@@ -16,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn body() -> Vec<u8> {
-    // A typical `create` for a chat message, as the worker encodes it (the gateway appends the uid).
-    br#"{"type":"subscription","event":"create","data":[{"id":"1048576","room":7,"text":"hello, a message of ordinary length for a chat room","created_at":"2026-11-23T12:00:00.000Z"}]"#.to_vec()
+    // A typical `create` for a chat message, as the worker encodes it: the neutral data (the socket task
+    // adds the Directus head and the uid).
+    br#"[{"id":"1048576","room":7,"text":"hello, a message of ordinary length for a chat room","created_at":"2026-11-23T12:00:00.000Z"}]"#.to_vec()
 }
 
 fn bench(c: &mut Criterion) {
@@ -46,7 +48,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     lsn += 1;
                     let msg = Bytes::from(encode_batch(&[Entry {
-                        kind: EntryKind::Event,
+                        kind: EntryKind::Event(EventKind::Create),
                         query: id,
                         pos: Position {
                             lsn,

@@ -16,8 +16,9 @@ use crate::state::AppState;
 use crate::subscribe::{ActiveSub, SubCtx, Subscribed, detach, reauthorize, subscribe};
 use crate::telemetry::{self, AuthState, CloseReason};
 use common::error::RealtimeError;
+use common::event::EventKind;
 use common::normalize::NormalizedQuery;
-use common::protocol::{Credentials, ErrorReply, Uid, close};
+use common::protocol::{self, Credentials, ErrorReply, Uid, close};
 use common::ws::{Decoder, Message, OpCode, encode_close, encode_frame, encode_header};
 use std::future::Future;
 use std::pin::Pin;
@@ -381,15 +382,18 @@ impl Conn {
         encode_frame(&mut self.wbuf, OpCode::Text, frame);
     }
 
-    /// Append a shared event body plus this subscriber's suffix as one text frame.
-    fn send_event(&mut self, body: &[u8], suffix: &[u8]) {
+    /// Frame an event as the Directus protocol does, as one text frame: the static head for its kind,
+    /// the shared data, this subscriber's suffix. Bytes are copied, nothing is encoded.
+    fn send_event(&mut self, kind: EventKind, data: &[u8], suffix: &[u8]) {
+        let head = protocol::event_head(kind);
         encode_header(
             &mut self.wbuf,
             OpCode::Text,
-            body.len() + suffix.len(),
+            head.len() + data.len() + suffix.len(),
             None,
         );
-        self.wbuf.extend_from_slice(body);
+        self.wbuf.extend_from_slice(head);
+        self.wbuf.extend_from_slice(data);
         self.wbuf.extend_from_slice(suffix);
     }
 
@@ -399,8 +403,8 @@ impl Conn {
         telemetry::hot()
             .messages_sent
             .increment(frames.len() as u64);
-        for (body, suffix) in frames {
-            self.send_event(&body, &suffix);
+        for q in frames {
+            self.send_event(q.kind, &q.data, &q.suffix);
         }
         if self.outbox.overflowed()
             || self.wbuf.len() - self.wpos > self.state.config.limits.send_buffer_bytes
@@ -585,8 +589,8 @@ impl Conn {
                     let actions = self.session.on_subscribed(uid, Ok((sub, init)));
                     self.apply(actions);
                     // `init` is in the write buffer: now the events its snapshot does not contain.
-                    for body in self.state.hub.activate(id, key, snapshot, until) {
-                        self.send_event(&body, &suffix);
+                    for (kind, data) in self.state.hub.activate(id, key, snapshot, until) {
+                        self.send_event(kind, &data, &suffix);
                     }
                     if self.reauth_needed {
                         // The identity changed while this subscribe ran: it is re-checked with the others.

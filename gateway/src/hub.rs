@@ -1,9 +1,10 @@
 //! The gateway's local subscriptions: query id → subscribers on this gateway.
 //!
-//! Delivery: a batch from a worker carries (query, position, xid, body) entries. For each, the hub drops
-//! anything at or below the last position delivered for that query (workers are at-least-once: failover,
-//! replays and duplicated publishes are absorbed here), then hands the shared body to each subscriber's
-//! [`Outbox`] with that subscriber's uid suffix. No JSON is encoded per subscriber.
+//! Delivery: a batch from a worker carries (event kind, query, position, xid, data) entries. For each, the
+//! hub drops anything at or below the last position delivered for that query (workers are at-least-once:
+//! failover, replays and duplicated publishes are absorbed here), then hands the shared, protocol-neutral
+//! data to each subscriber's [`Outbox`] with that subscriber's suffix; the socket task adds its protocol's
+//! envelope. No JSON is encoded per subscriber.
 //!
 //! Gap-free init: a new subscriber is attached (and its events buffered) *before* its snapshot is read;
 //! after the `init` frame is written, buffered and later events are filtered with the snapshot's
@@ -21,6 +22,7 @@ use crate::outbox::Outbox;
 use bytes::Bytes;
 use common::ctl::ReplayRequest;
 use common::delivery::{EntryKind, PgSnapshot, Position, decode_batch};
+use common::event::EventKind;
 use common::normalize::QueryId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -42,7 +44,7 @@ pub struct SubKey {
 enum SubState {
     /// Snapshot not written yet: events wait here (bounded by the outbox budget).
     Pending {
-        buf: Vec<(u64, u32, Bytes)>,
+        buf: Vec<(u64, u32, EventKind, Bytes)>,
         bytes: usize,
     },
     /// `init` written: skip events the snapshot already contains, until the stream passes `until`.
@@ -80,9 +82,10 @@ struct Recovery {
 
 struct Held {
     pos: Position,
+    kind: EventKind,
     xid: u32,
     commit_time: i64,
-    body: Bytes,
+    data: Bytes,
 }
 
 /// A query to re-register after a possible loss.
@@ -154,7 +157,7 @@ impl Hub {
         new
     }
 
-    /// The snapshot is written: return the buffered bodies the subscriber must get now (in order) and
+    /// The snapshot is written: return the buffered events the subscriber must get now (in order) and
     /// start filtering with `snap` until `until` (or deliver everything when `snap` is None).
     pub fn activate(
         &self,
@@ -162,7 +165,7 @@ impl Hub {
         key: SubKey,
         snap: Option<Arc<PgSnapshot>>,
         until: u64,
-    ) -> Vec<Bytes> {
+    ) -> Vec<(EventKind, Bytes)> {
         let mut map = self.stripe(&id).lock();
         let Some(sub) = map
             .get_mut(&id)
@@ -179,12 +182,12 @@ impl Hub {
         };
         let mut out = Vec::new();
         let mut live = snap.is_none();
-        for (lsn, xid, body) in buffered {
+        for (lsn, xid, kind, data) in buffered {
             if !live && lsn > until {
                 live = true;
             }
             if live || !snap.as_ref().is_some_and(|s| s.sees(xid)) {
-                out.push(body);
+                out.push((kind, data));
             }
         }
         if let (false, Some(snap)) = (live, snap) {
@@ -222,20 +225,24 @@ impl Hub {
                 continue;
             };
             let body = msg.slice(e.body);
-            if e.kind == EntryKind::ReplayDone {
-                let answered = lq
-                    .recovery
-                    .as_ref()
-                    .is_some_and(|r| ReplayRequest::decode(&body) == Some(r.request));
-                if answered {
-                    let mut held = lq.recovery.take().expect("checked").held;
-                    held.sort_by_key(|h| h.pos);
-                    for h in held {
-                        lq.deliver(h.pos, h.xid, h.commit_time, h.body, now_us, &mut stats);
+            let kind = match e.kind {
+                EntryKind::Event(kind) => kind,
+                EntryKind::ReplayDone => {
+                    let answered = lq
+                        .recovery
+                        .as_ref()
+                        .is_some_and(|r| ReplayRequest::decode(&body) == Some(r.request));
+                    if answered {
+                        let mut held = lq.recovery.take().expect("checked").held;
+                        held.sort_by_key(|h| h.pos);
+                        for h in held {
+                            let event = (h.pos, h.kind, h.xid, h.commit_time);
+                            lq.deliver(event, h.data, now_us, &mut stats);
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
+            };
             if e.pos <= lq.last {
                 stats.duplicates += 1;
                 continue;
@@ -251,14 +258,20 @@ impl Hub {
                 } else {
                     r.held.push(Held {
                         pos: e.pos,
+                        kind,
                         xid: e.xid,
                         commit_time: e.commit_time,
-                        body,
+                        data: body,
                     });
                 }
                 continue;
             }
-            lq.deliver(e.pos, e.xid, e.commit_time, body, now_us, &mut stats);
+            lq.deliver(
+                (e.pos, kind, e.xid, e.commit_time),
+                body,
+                now_us,
+                &mut stats,
+            );
         }
         stats
     }
@@ -323,13 +336,12 @@ impl Hub {
 }
 
 impl LocalQuery {
-    /// Hand one new event (position above the floor) to every subscriber, by its state.
+    /// Hand one new event (position above the floor) to every subscriber, by its state. `event` is its
+    /// (position, kind, xid, commit time).
     fn deliver(
         &mut self,
-        pos: Position,
-        xid: u32,
-        commit_time: i64,
-        body: Bytes,
+        (pos, kind, xid, commit_time): (Position, EventKind, u32, i64),
+        data: Bytes,
         now_us: i64,
         stats: &mut Delivered,
     ) {
@@ -363,18 +375,18 @@ impl LocalQuery {
                     }
                 }
                 SubState::Pending { buf, bytes } => {
-                    *bytes += body.len() + sub.suffix.len();
+                    *bytes += data.len() + sub.suffix.len();
                     if *bytes > sub.outbox.limit() {
                         // The snapshot takes too long for the event rate: treat as a slow consumer.
                         sub.outbox.force_overflow();
                     } else {
-                        buf.push((pos.lsn, xid, body.clone()));
+                        buf.push((pos.lsn, xid, kind, data.clone()));
                     }
                     false
                 }
             };
             if send {
-                sub.outbox.push(body.clone(), sub.suffix.clone());
+                sub.outbox.push(kind, data.clone(), sub.suffix.clone());
                 stats.frames += 1;
             }
         }
@@ -390,7 +402,7 @@ mod tests {
         let e: Vec<Entry<Vec<u8>>> = entries
             .iter()
             .map(|(q, lsn, idx, xid, body)| Entry {
-                kind: EntryKind::Event,
+                kind: EntryKind::Event(EventKind::Create),
                 query: QueryId(*q),
                 pos: Position {
                     lsn: *lsn,
@@ -408,11 +420,11 @@ mod tests {
     fn drained(o: &Outbox) -> Vec<String> {
         o.drain()
             .into_iter()
-            .map(|(b, s)| {
+            .map(|q| {
                 format!(
                     "{}{}",
-                    String::from_utf8_lossy(&b),
-                    String::from_utf8_lossy(&s)
+                    String::from_utf8_lossy(&q.data),
+                    String::from_utf8_lossy(&q.suffix)
                 )
             })
             .collect()
@@ -497,7 +509,7 @@ mod tests {
         let now = hub.activate(QueryId(1), k, Some(snap), 200);
         assert_eq!(
             now.iter()
-                .map(|b| String::from_utf8_lossy(b).to_string())
+                .map(|(_, b)| String::from_utf8_lossy(b).to_string())
                 .collect::<Vec<_>>(),
             ["{\"t7\":1", "{\"t12\":1"]
         );

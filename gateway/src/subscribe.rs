@@ -23,11 +23,15 @@ use crate::state::AppState;
 use bytes::Bytes;
 use common::delivery::PgSnapshot;
 use common::error::RealtimeError;
-use common::filter::{QueryError, VarContext};
+use common::filter::{Filter, QueryError, VarContext};
 use common::normalize::{NormalizeLimits, Normalized, NormalizedQuery, QueryId, normalize};
+use common::project::ProjectRow;
 use common::protocol::{self, ErrorCode, SubscribeRequest};
 use common::query::{MetaKind, parse_query};
 use common::schema::Collection;
+use common::value::{Datum, Kind};
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -319,6 +323,43 @@ pub fn detach(state: &AppState, id: QueryId, key: SubKey) {
     }
 }
 
+/// A snapshot row as the projection reads it (the same projection every event goes through): its columns
+/// by name, values parsed only when a visibility condition looks at them.
+struct SnapshotRow<'a> {
+    row: &'a tokio_postgres::Row,
+    /// Result column index and kind, by name.
+    columns: &'a HashMap<&'a str, (usize, &'a Kind)>,
+    parsed: Vec<OnceCell<Datum>>,
+}
+
+impl SnapshotRow<'_> {
+    /// The datum of column `name`; NULL for a missing column or a value that does not parse (as for
+    /// events).
+    fn datum(&self, name: &str) -> &Datum {
+        static NULL: Datum = Datum::Null;
+        let Some(&(i, kind)) = self.columns.get(name) else {
+            return &NULL;
+        };
+        self.parsed[i].get_or_init(|| {
+            self.row
+                .get::<_, Option<&str>>(i)
+                .and_then(|t| common::value::parse_datum(kind, t).ok())
+                .unwrap_or(Datum::Null)
+        })
+    }
+}
+
+impl ProjectRow for SnapshotRow<'_> {
+    fn cell(&self, field: &str) -> Option<(&Kind, Option<&str>)> {
+        let &(i, kind) = self.columns.get(field)?;
+        Some((kind, self.row.get(i)))
+    }
+
+    fn holds(&self, when: &Filter) -> bool {
+        when.matches(&|name: &str| Some(self.datum(name)))
+    }
+}
+
 /// Run the snapshot query and encode `data` (and `meta`) as Directus would.
 async fn read_snapshot(
     state: &AppState,
@@ -358,23 +399,20 @@ async fn read_snapshot(
             "The initial data exceeds {cap} items; add a \"limit\" or a narrower \"filter\""
         ))));
     }
-    let columns: Vec<&common::schema::Column> = query
-        .fields
+    let mut names: Vec<&str> = query.fields.iter().map(|p| p.field.as_str()).collect();
+    names.extend(common::project::condition_columns(&query.fields));
+    let columns: HashMap<&str, (usize, &Kind)> = names
         .iter()
-        .map(|p| coll.column(&p.field).expect("normalised fields exist"))
+        .enumerate()
+        .filter_map(|(i, n)| Some((*n, (i, &coll.column(n)?.kind))))
         .collect();
     let encode_row = |out: &mut Vec<u8>, row: &tokio_postgres::Row| {
-        out.push(b'{');
-        for (i, col) in columns.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            common::value::write_json_string(out, &col.name);
-            out.push(b':');
-            let text: Option<&str> = row.get(i);
-            common::value::write_json_value(out, &col.kind, col.special, text);
-        }
-        out.push(b'}');
+        let view = SnapshotRow {
+            row,
+            columns: &columns,
+            parsed: (0..names.len()).map(|_| OnceCell::new()).collect(),
+        };
+        common::project::write_object(out, &query.fields, &view);
     };
     let mut data = Vec::with_capacity(64 + rows.len() * 64);
     if query.item.is_some() {

@@ -436,6 +436,17 @@ async fn permissions_filter_rows_and_fields() {
         ]),
         "fields allowed under a different row filter are null where that filter does not match"
     );
+    // The condition's column (status) need not be among the requested fields.
+    let init = subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"articles","uid":"p2","query":{"fields":["title"],"sort":"id"}}),
+    )
+    .await;
+    assert_eq!(
+        init["data"],
+        json!([{"title":"Hello realtime"},{"title":null},{"title":"Release notes"}]),
+        "visibility decided on a column the query does not show"
+    );
     let r = subscribe(&mut ws, json!({"type":"subscribe","collection":"articles","uid":"q","query":{"fields":"date_created"}})).await;
     assert_eq!(
         r,

@@ -118,13 +118,22 @@ pub fn init_frame(data: Option<&[u8]>, meta: Option<&[u8]>, uid: Option<&str>) -
     out
 }
 
-/// The body of an event message shared by every subscriber of one query:
-/// `{"type":"subscription","event":"<e>","data":<data>` — each subscriber's frame is this plus its suffix.
+/// `{"type":"subscription","event":"<e>","data":`: what comes before an event's shared `data` in this
+/// protocol (static per kind, so framing an event copies bytes and encodes nothing).
+pub fn event_head(event: EventKind) -> &'static [u8] {
+    match event {
+        EventKind::Create => b"{\"type\":\"subscription\",\"event\":\"create\",\"data\":",
+        EventKind::Update => b"{\"type\":\"subscription\",\"event\":\"update\",\"data\":",
+        EventKind::Delete => b"{\"type\":\"subscription\",\"event\":\"delete\",\"data\":",
+    }
+}
+
+/// [`event_head`] plus `data`: an event message without its per-subscriber end
+/// ([`write_subscription_suffix`]).
 pub fn event_body(event: EventKind, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(56 + data.len());
-    out.extend_from_slice(b"{\"type\":\"subscription\",\"event\":\"");
-    out.extend_from_slice(event.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"data\":");
+    let head = event_head(event);
+    let mut out = Vec::with_capacity(head.len() + data.len() + 1);
+    out.extend_from_slice(head);
     out.extend_from_slice(data);
     out
 }

@@ -28,8 +28,8 @@ pub use codes::{
     msg_requests_exceeded, msg_too_many_subscriptions, reason_item_subscription,
 };
 pub use frames::{
-    ErrorReply, PING_FRAME, auth_ok_frame, error_frame, event_body, init_frame, pong_frame,
-    unsubscribe_frame, write_subscription_suffix,
+    ErrorReply, PING_FRAME, auth_ok_frame, error_frame, event_body, event_head, init_frame,
+    pong_frame, unsubscribe_frame, write_subscription_suffix,
 };
 pub use inbound::{
     ClientMessage, Credentials, Rejection, StoredRequest, SubscribeRequest, is_valid_email,
@@ -80,30 +80,8 @@ impl Uid {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum EventKind {
-    Create,
-    Update,
-    Delete,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Create => "create",
-            EventKind::Update => "update",
-            EventKind::Delete => "delete",
-        }
-    }
-
-    pub fn bit(self) -> u8 {
-        match self {
-            EventKind::Create => 1,
-            EventKind::Update => 2,
-            EventKind::Delete => 4,
-        }
-    }
-}
+/// The event kinds are protocol-neutral (`crate::event`); re-exported here, where every frame builder uses them.
+pub use crate::event::EventKind;
 
 #[cfg(test)]
 mod tests;

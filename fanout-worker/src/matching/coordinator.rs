@@ -130,7 +130,15 @@ impl Outgoing {
             .msgs
             .entry(gw.clone())
             .or_insert_with(common::delivery::start_batch);
-        append_entry(msg, f.query, f.pos, chunk.xid, chunk.commit_time, &f.body);
+        append_entry(
+            msg,
+            f.kind,
+            f.query,
+            f.pos,
+            chunk.xid,
+            chunk.commit_time,
+            &f.data,
+        );
     }
 }
 

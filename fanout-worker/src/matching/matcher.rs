@@ -19,10 +19,11 @@
 use super::index::{Index, Lookup, Slot, index_key};
 use common::change::{Cell, Change, Relation, TxChunk};
 use common::delivery::Position;
+use common::event::EventKind;
 use common::filter::Filter;
 use common::normalize::{NormalizedQuery, QueryId};
-use common::protocol::{EventKind, event_body};
-use common::value::{self, Datum};
+use common::project::{self, ProjectRow};
+use common::value::{self, Datum, Kind};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 
@@ -109,32 +110,31 @@ impl Ctx<'_> {
         value::write_json_string(out, self.key_text(q, row).unwrap_or_default());
     }
 
-    /// `{"field":value,...}` with the query's projection and per-field visibility.
+    /// `{"field":value,...}` with the query's projection and per-field visibility ([`project`]).
     fn write_object(&self, out: &mut Vec<u8>, q: &NormalizedQuery, row: &RowView) {
-        out.push(b'{');
-        for (n, p) in q.fields.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            value::write_json_string(out, &p.field);
-            out.push(b':');
-            let visible = p
-                .when
-                .as_ref()
-                .is_none_or(|w| self.eval(w, row) == Tri::Yes);
-            match self.idx(&p.field) {
-                Some(i) if visible => {
-                    let text = match &row.cells[i] {
-                        Cell::Text(t) => Some(t.as_str()),
-                        // Unknown (unchanged TOAST without the old row) is sent as null.
-                        Cell::Null | Cell::Unchanged => None,
-                    };
-                    value::write_json_value(out, &self.rel.columns[i].kind, p.special, text);
-                }
-                _ => out.extend_from_slice(b"null"),
-            }
-        }
-        out.push(b'}');
+        project::write_object(out, &q.fields, &EventRow { ctx: self, row });
+    }
+}
+
+/// A change's row as the projection reads it.
+struct EventRow<'c, 'r> {
+    ctx: &'c Ctx<'c>,
+    row: &'c RowView<'r>,
+}
+
+impl ProjectRow for EventRow<'_, '_> {
+    fn cell(&self, field: &str) -> Option<(&Kind, Option<&str>)> {
+        let i = self.ctx.idx(field)?;
+        let text = match &self.row.cells[i] {
+            Cell::Text(t) => Some(t.as_str()),
+            // Unknown (unchanged TOAST without the old row) is sent as null.
+            Cell::Null | Cell::Unchanged => None,
+        };
+        Some((&self.ctx.rel.columns[i].kind, text))
+    }
+
+    fn holds(&self, when: &Filter) -> bool {
+        self.ctx.eval(when, self.row) == Tri::Yes
     }
 }
 
@@ -160,7 +160,13 @@ fn push_event(
     });
     let frames = &mut pending[at].frames;
     if q.item.is_some() || frames.last().is_none_or(|(k, _, _)| *k != kind) {
-        frames.push((kind, Vec::new(), 0));
+        // A list's `[` goes in first; `match_chunk` closes it.
+        let open = if q.item.is_some() {
+            Vec::new()
+        } else {
+            vec![b'[']
+        };
+        frames.push((kind, open, 0));
     }
     let (_, buf, count) = frames.last_mut().expect("pushed");
     if *count > 0 {
@@ -176,13 +182,14 @@ struct Pending {
     frames: Vec<(EventKind, Vec<u8>, usize)>,
 }
 
-/// A finished frame: the body (`{"type":"subscription","event":…,"data":…`) for one query.
+/// A finished event for one query: its kind and its protocol-neutral `data` (`crate::event` in common).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub slot: Slot,
     pub query: QueryId,
     pub pos: Position,
-    pub body: Vec<u8>,
+    pub kind: EventKind,
+    pub data: Vec<u8>,
 }
 
 /// Match one chunk. `schema` is the PostgreSQL schema whose tables are collections; `only` restricts
@@ -324,13 +331,9 @@ pub fn match_chunk(
         let entry = ix.get(p.slot).expect("live");
         let item = entry.def.item.is_some();
         for (i, (kind, data, _)) in p.frames.into_iter().enumerate() {
-            let mut wrapped = Vec::with_capacity(data.len() + 2);
-            if item {
-                wrapped = data;
-            } else {
-                wrapped.push(b'[');
-                wrapped.extend_from_slice(&data);
-                wrapped.push(b']');
+            let mut data = data;
+            if !item {
+                data.push(b']');
             }
             out.push(Frame {
                 slot: p.slot,
@@ -340,7 +343,8 @@ pub fn match_chunk(
                     seq: chunk.seq,
                     idx: i.min(u16::MAX as usize) as u16,
                 },
-                body: event_body(kind, &wrapped),
+                kind,
+                data,
             });
         }
     }
@@ -452,7 +456,7 @@ mod tests {
         match_chunk(ix, "public", c, Scope::All, &mut out);
         out.into_iter()
             .map(|f| {
-                let mut b = f.body.clone();
+                let mut b = common::protocol::event_body(f.kind, &f.data);
                 write_subscription_suffix(&mut b, None);
                 (f.query, serde_json::from_slice(&b).unwrap())
             })
@@ -558,7 +562,7 @@ mod tests {
                 .iter()
                 .filter(|f| f.query == q.id())
                 .map(|f| {
-                    let mut b = f.body.clone();
+                    let mut b = common::protocol::event_body(f.kind, &f.data);
                     write_subscription_suffix(&mut b, Some("u"));
                     (f.pos, serde_json::from_slice(&b).unwrap())
                 })
