@@ -10,7 +10,6 @@
 //!   policies plus their own.
 //! - Read permissions per collection: the `read` rows of the caller's policies, cached briefly.
 
-use crate::config::Config;
 use common::normalize::{Access, ReadRule};
 use deadpool_postgres::Pool;
 use ipnet::IpNet;
@@ -237,14 +236,25 @@ pub struct AuthService {
     identities: Mutex<IdentityCache>,
 }
 
+/// What authentication needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `SECRET`: signs and verifies access tokens.
+    pub secret: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// `LOGIN_STALL_TIME`: the least time a login attempt takes.
+    pub stall: Duration,
+}
+
 impl AuthService {
-    pub fn new(pool: Pool, cfg: &Config) -> AuthService {
+    pub fn new(pool: Pool, settings: AuthSettings) -> AuthService {
         AuthService {
             pool,
-            secret: cfg.secret.clone(),
-            access_ttl: cfg.access_token_ttl,
-            refresh_ttl: cfg.refresh_token_ttl,
-            stall: cfg.login_stall,
+            secret: settings.secret,
+            access_ttl: settings.access_ttl,
+            refresh_ttl: settings.refresh_ttl,
+            stall: settings.stall,
             permissions: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
         }

@@ -126,6 +126,18 @@ fn auth_mode(r: &mut EnvReader, name: &str, default: AuthMode) -> AuthMode {
 }
 
 impl Config {
+    /// The part of the configuration authentication reads.
+    pub fn auth_settings(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            secret: self.secret.clone(),
+            access_ttl: self.access_token_ttl,
+            refresh_ttl: self.refresh_token_ttl,
+            stall: self.login_stall,
+        }
+    }
+}
+
+impl Config {
     /// Read the process environment.
     pub fn from_env() -> Result<Config, Vec<ConfigError>> {
         Config::from_vars(&std::env::vars().collect())

@@ -238,7 +238,14 @@ async fn admin_route(state: &AppState, path: &str) -> Response<Body> {
         }
         _ => match &state.metrics {
             Some(m) => {
-                crate::telemetry::record_gauges(state);
+                crate::telemetry::record_gauges(
+                    &state.gauges,
+                    crate::telemetry::GaugeReading {
+                        queries: state.hub.query_count(),
+                        subscriptions: state.hub.subscriber_count(),
+                        draining: state.draining.load(std::sync::atomic::Ordering::Relaxed),
+                    },
+                );
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

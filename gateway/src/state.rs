@@ -53,7 +53,7 @@ impl AppState {
         shutdown: tokio::sync::watch::Receiver<bool>,
         metrics: Option<common_io::telemetry::Metrics>,
     ) -> AppState {
-        let auth = AuthService::new(pool.clone(), &config);
+        let auth = AuthService::new(pool.clone(), config.auth_settings());
         let rest_session = SessionConfig {
             mode: config.ws.rest_auth,
             auth_timeout: config.ws.rest_auth_timeout,

@@ -8,7 +8,6 @@
 //! queued) are kept in plain atomics and published when `/metrics` is scraped ([`record_gauges`]), so
 //! the delivery path never touches the metrics registry.
 
-use crate::state::AppState;
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -158,19 +157,22 @@ pub fn slow_consumer() {
     counter!("realtime_gateway_slow_consumer_disconnects_total").increment(1);
 }
 
+/// What the state gauges show besides the connection counters.
+pub struct GaugeReading {
+    pub queries: usize,
+    pub subscriptions: usize,
+    pub draining: bool,
+}
+
 /// Publish the state gauges (called when `/metrics` is scraped).
-pub fn record_gauges(state: &AppState) {
+pub fn record_gauges(gauges: &ConnGauges, reading: GaugeReading) {
     for s in AuthState::ALL {
         gauge!("realtime_gateway_connections", "endpoint" => WEBSOCKET, "auth" => s.label())
-            .set(state.gauges.slot(s).load(Ordering::Relaxed) as f64);
+            .set(gauges.slot(s).load(Ordering::Relaxed) as f64);
     }
     gauge!("realtime_gateway_send_queue_bytes")
-        .set(state.gauges.send_queue_bytes.load(Ordering::Relaxed).max(0) as f64);
-    gauge!("realtime_gateway_queries").set(state.hub.query_count() as f64);
-    gauge!("realtime_gateway_subscriptions").set(state.hub.subscriber_count() as f64);
-    gauge!("realtime_gateway_draining").set(if state.draining.load(Ordering::Relaxed) {
-        1.0
-    } else {
-        0.0
-    });
+        .set(gauges.send_queue_bytes.load(Ordering::Relaxed).max(0) as f64);
+    gauge!("realtime_gateway_queries").set(reading.queries as f64);
+    gauge!("realtime_gateway_subscriptions").set(reading.subscriptions as f64);
+    gauge!("realtime_gateway_draining").set(if reading.draining { 1.0 } else { 0.0 });
 }
