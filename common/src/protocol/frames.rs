@@ -34,62 +34,104 @@ impl ErrorReply {
     }
 }
 
+// Control frames are serde structs: the field order is the key order Directus sends, `uid` is echoed as
+// the client sent it (number or string) and omitted when absent. Event and `init` frames are built by hand
+// below (the data path: a static head, pre-encoded data, a per-subscriber suffix).
+
+#[derive(serde::Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    context: &'a str,
+    status: &'static str,
+    error: ErrorBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a Uid>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct AuthOk<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a Uid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct Pong<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a Uid>,
+}
+
+#[derive(serde::Serialize)]
+struct Unsubscribed<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a Uid>,
+}
+
+impl serde::Serialize for Uid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Uid::Str(v) => s.serialize_str(v),
+            Uid::Num(n) => n.serialize(s),
+        }
+    }
+}
+
+fn to_frame(v: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).expect("control frames serialise")
+}
+
 /// `{"type":<ctx>,"status":"error","error":{"code":..,"message":..}[,"uid":<raw>]}`
 pub fn error_frame(context: &str, code: ErrorCode, message: &str, uid: Option<&Uid>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + message.len());
-    out.extend_from_slice(b"{\"type\":");
-    crate::value::write_json_string(&mut out, context);
-    out.extend_from_slice(b",\"status\":\"error\",\"error\":{\"code\":\"");
-    out.extend_from_slice(code.code().as_bytes());
-    out.extend_from_slice(b"\",\"message\":");
-    crate::value::write_json_string(&mut out, message);
-    out.push(b'}');
-    if let Some(uid) = uid {
-        out.extend_from_slice(b",\"uid\":");
-        uid.write_raw(&mut out);
-    }
-    out.push(b'}');
-    out
+    to_frame(&ErrorFrame {
+        context,
+        status: "error",
+        error: ErrorBody {
+            code: code.code(),
+            message,
+        },
+        uid,
+    })
 }
 
 /// `{"type":"auth","status":"ok"[,"uid":<raw>][,"refresh_token":..]}`
 pub fn auth_ok_frame(uid: Option<&Uid>, refresh_token: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"type\":\"auth\",\"status\":\"ok\"");
-    if let Some(uid) = uid {
-        out.extend_from_slice(b",\"uid\":");
-        uid.write_raw(&mut out);
-    }
-    if let Some(token) = refresh_token {
-        out.extend_from_slice(b",\"refresh_token\":");
-        crate::value::write_json_string(&mut out, token);
-    }
-    out.push(b'}');
-    out
+    to_frame(&AuthOk {
+        kind: "auth",
+        status: "ok",
+        uid,
+        refresh_token,
+    })
 }
 
 pub const PING_FRAME: &[u8] = b"{\"type\":\"ping\"}";
 
 /// `{"type":"pong"[,"uid":<raw>]}`
 pub fn pong_frame(uid: Option<&Uid>) -> Vec<u8> {
-    let mut out = b"{\"type\":\"pong\"".to_vec();
-    if let Some(uid) = uid {
-        out.extend_from_slice(b",\"uid\":");
-        uid.write_raw(&mut out);
-    }
-    out.push(b'}');
-    out
+    to_frame(&Pong { kind: "pong", uid })
 }
 
 /// `{"type":"subscription","event":"unsubscribe"[,"uid":<raw>]}`
 pub fn unsubscribe_frame(uid: Option<&Uid>) -> Vec<u8> {
-    let mut out = b"{\"type\":\"subscription\",\"event\":\"unsubscribe\"".to_vec();
-    if let Some(uid) = uid {
-        out.extend_from_slice(b",\"uid\":");
-        uid.write_raw(&mut out);
-    }
-    out.push(b'}');
-    out
+    to_frame(&Unsubscribed {
+        kind: "subscription",
+        event: "unsubscribe",
+        uid,
+    })
 }
 
 /// Write `,"uid":"<String(uid)>"}` (or just `}`): the per-subscriber end of a subscription message.

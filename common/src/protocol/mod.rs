@@ -70,14 +70,6 @@ impl Uid {
             }
         }
     }
-
-    /// Append the uid unchanged (number stays number), as `auth`, `pong` and unsubscribe replies echo it.
-    pub fn write_raw(&self, out: &mut Vec<u8>) {
-        match self {
-            Uid::Str(s) => crate::value::write_json_string(out, s),
-            Uid::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        }
-    }
 }
 
 /// The event kinds are protocol-neutral (`crate::event`); re-exported here, where every frame builder uses them.

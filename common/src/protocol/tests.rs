@@ -556,3 +556,33 @@ fn emails() {
         assert!(!is_valid_email(bad), "{bad}");
     }
 }
+
+/// Control frames are written by serde_json, data by `value::write_json_string`: both must escape strings
+/// the way Directus's `JSON.stringify` does, so they must agree with each other on every string.
+#[test]
+fn serde_and_the_data_path_escape_strings_alike() {
+    let mut all: String = (0u32..0x80).filter_map(char::from_u32).collect();
+    all.push_str("\u{7f}\u{80}\u{a0}\u{2028}\u{2029}\u{feff}\u{fffd}\u{ffff}😀𝄞\\\"/");
+    let check = |text: &str| {
+        let mut ours = Vec::new();
+        crate::value::write_json_string(&mut ours, text);
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string(text).unwrap(),
+            "{text:?}"
+        );
+    };
+    check(&all);
+    for c in all.chars() {
+        check(&c.to_string());
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn escaping_agrees_on_random_strings(text in "\\PC*") {
+        let mut ours = Vec::new();
+        crate::value::write_json_string(&mut ours, &text);
+        proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&text).unwrap());
+    }
+}
