@@ -3,10 +3,10 @@
 
 mod common;
 use common::*;
-use loadtest::client::{Upgrade, WsClient, http};
-use loadtest::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, Cluster, DEV_SECRET};
 use serde_json::{Value as Json, json};
 use std::time::{Duration, Instant};
+use testkit::client::{Upgrade, WsClient, http};
+use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, Cluster, DEV_SECRET};
 
 /// A token signed the way Directus signs one (`jsonwebtoken` with SECRET, issuer `directus`).
 fn directus_style_jwt(secret: &str, user: &str, exp_in: i64) -> String {
@@ -330,7 +330,7 @@ async fn still_open(ws: &mut WsClient, wait: Duration) -> bool {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match ws.next(left).await.unwrap() {
             None => return true,
-            Some(loadtest::client::Incoming::Closed { .. }) => return false,
+            Some(testkit::client::Incoming::Closed { .. }) => return false,
             Some(_) => {}
         }
     }

@@ -5,11 +5,11 @@
 use common::filter::{self, Filter, Limits, VarContext};
 use common::schema::{Collection, Column};
 use common::value::{self, Datum, Kind};
-use loadtest::services::Postgres;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeSet, HashMap};
+use testkit::services::Postgres;
 
 const COLUMNS: &[(&str, &str)] = &[
     ("i", "integer"),

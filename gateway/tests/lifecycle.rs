@@ -3,10 +3,10 @@
 
 mod common;
 use common::*;
-use loadtest::client::Incoming;
-use loadtest::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN};
 use serde_json::json;
 use std::time::Duration;
+use testkit::client::Incoming;
+use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn heartbeat_pings_and_closes_silent_clients() {

@@ -3,9 +3,9 @@
 
 mod common;
 use common::*;
-use loadtest::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD};
-use loadtest::services::run_node;
 use serde_json::json;
+use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD};
+use testkit::services::run_node;
 
 #[tokio::test]
 async fn directus_sdk_subscribes_and_gets_init() {

@@ -3,9 +3,9 @@
 
 mod common;
 use common::*;
-use loadtest::client::WsClient;
-use loadtest::cluster::{ADMIN_TOKEN, Cluster};
 use serde_json::{Value as Json, json};
+use testkit::client::WsClient;
+use testkit::cluster::{ADMIN_TOKEN, Cluster};
 
 async fn admin_ws(c: &Cluster) -> WsClient {
     let mut ws = open(c).await;

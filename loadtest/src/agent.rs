@@ -14,7 +14,6 @@
 use crate::accounting::{self, Delivery, Outcome, Problem, SubRecord, Tally, Write, WriteLog};
 use crate::livehist::LiveHist;
 use crate::scenario::{QueryForm, Scenario, sub_filter, subscribe_query};
-use crate::wsconn::{Conn, ReadState, Target};
 use anyhow::{Context, Result};
 use common::ws::{Message, OpCode, encode_masked_frame};
 use hdrhistogram::Histogram;
@@ -28,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use testkit::ws::{Conn, ReadState, Target};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -713,7 +713,7 @@ pub async fn run(
 ) -> Result<()> {
     let mut targets = Vec::new();
     for u in &spec.urls {
-        targets.push(crate::wsconn::resolve(u).await?);
+        targets.push(testkit::ws::resolve(u).await?);
     }
     let sh = Arc::new(Shared {
         targets,
@@ -1127,7 +1127,7 @@ mod tests {
 
     #[test]
     fn write_log_round_trip() {
-        let dir = crate::services::TempDir::new("lt-log").unwrap();
+        let dir = testkit::services::TempDir::new("lt-log").unwrap();
         let p = dir.path().join("w.jsonl");
         let w = [
             Write {

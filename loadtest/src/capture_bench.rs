@@ -2,8 +2,6 @@
 //! stream; a reader follows the stream and measures rows/s, transactions/s and insert-to-stream latency
 //! (`clock_timestamp()` at the INSERT → the entry read back from Redis).
 
-use crate::procstat;
-use crate::services::{Postgres, Process, Redis, workspace_bin};
 use anyhow::{Context, Result, bail};
 use common::change::{Change, TxChunk};
 use common::keys::Keys;
@@ -12,6 +10,8 @@ use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use testkit::procstat;
+use testkit::services::{Postgres, Process, Redis, workspace_bin};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CaptureBenchArgs {
@@ -52,7 +52,7 @@ fn now_micros() -> i64 {
 async fn wait_capturing(worker: &Process) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = crate::client::http(&worker.addr, "GET", "/capture", &[], None).await?;
+        let r = testkit::client::http(&worker.addr, "GET", "/capture", &[], None).await?;
         if r.json()?["capturing"] == true {
             return Ok(());
         }
@@ -92,7 +92,7 @@ async fn run_backlog(
     );
     let deadline = started + Duration::from_secs(600);
     loop {
-        let r = crate::client::http(&worker.addr, "GET", "/capture", &[], None)
+        let r = testkit::client::http(&worker.addr, "GET", "/capture", &[], None)
             .await?
             .json()?;
         if r["changes"].as_i64().unwrap_or(0) >= total {
@@ -337,7 +337,7 @@ pub async fn run(args: CaptureBenchArgs) -> Result<Json> {
     let drain_start = Instant::now();
     let drain_deadline = drain_start + Duration::from_secs(120);
     loop {
-        let r = crate::client::http(&worker.addr, "GET", "/capture", &[], None)
+        let r = testkit::client::http(&worker.addr, "GET", "/capture", &[], None)
             .await?
             .json()?;
         let changes = r["changes"].as_u64().unwrap_or(0) as i64;

@@ -15,7 +15,6 @@ use crate::agent::{
     AgentEvent, AgentHandle, AgentResult, AgentSpec, AuthPlan, Cmd, Counters, EVENT_QUEUE,
     merge_pairs, now_us, raise_fd_limit, write_log_line,
 };
-use crate::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
 use crate::livehist::Buckets;
 use crate::report::{
     self, ConnectionsReport, DeliveryReport, KneeReport, MemoryReport, Pcts, Report, StepReport,
@@ -32,6 +31,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use testkit::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
 
 /// How often the harness looks at its agents while waiting (a poll with a deadline, never a fixed sleep).
 const POLL: Duration = Duration::from_millis(50);
@@ -301,7 +301,7 @@ pub async fn run(cfg: Config) -> Result<Report> {
         // One source address has ~28 000 ports per gateway address; past that, connects fail with
         // EADDRNOTAVAIL. On loopback any 127.x address is ours, so spread over enough of them.
         let all_loopback = urls.iter().all(|u| {
-            crate::wsconn::split_ws_url(u)
+            testkit::ws::split_ws_url(u)
                 .is_ok_and(|(h, _)| h.starts_with("127.") || h.starts_with("localhost:"))
         });
         if all_loopback {

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use loadtest::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, Cluster, ClusterOptions};
+use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, Cluster, ClusterOptions};
 
 #[derive(Parser)]
 #[command(

@@ -5,10 +5,10 @@
 //! A [`Source`] is one process; [`Sampler::sample`] reads them all and turns cumulative CPU seconds into
 //! cores used since the previous sample.
 
-use crate::procstat;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use testkit::procstat;
 
 /// Shortest interval over which CPU use is computed.
 const MIN_CPU_INTERVAL: Duration = Duration::from_millis(250);
@@ -178,7 +178,7 @@ impl Sampler {
                 Origin::Metrics { addr, path } => {
                     match tokio::time::timeout(
                         std::time::Duration::from_secs(2),
-                        crate::client::http(addr, "GET", path, &[], None),
+                        testkit::client::http(addr, "GET", path, &[], None),
                     )
                     .await
                     {

@@ -672,7 +672,7 @@ mod tests {
 
     #[test]
     fn command_line_overrides_file_overrides_defaults() {
-        let dir = crate::services::TempDir::new("lt-cfg").unwrap();
+        let dir = testkit::services::TempDir::new("lt-cfg").unwrap();
         let path = dir.path().join("bench.toml");
         std::fs::write(
             &path,

@@ -1,12 +1,12 @@
 //! The realtime path end to end, with real processes: PostgreSQL → capture → Redis → matching workers →
 //! gateways → WebSocket clients. Writes are plain SQL.
 
-use loadtest::client::{Incoming, WsClient};
-use loadtest::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
-use loadtest::testkit::{self, admin_client, env};
 use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use testkit::client::{Incoming, WsClient};
+use testkit::cluster::{ADMIN_TOKEN, Cluster, ClusterOptions};
+use testkit::wait::{self, admin_client, env};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Long enough for an event to arrive if it were coming (to assert one is *not* sent).
@@ -31,7 +31,7 @@ async fn client(c: &Cluster, gateway: usize) -> WsClient {
 }
 
 async fn subscribe(ws: &mut WsClient, msg: Json) -> Json {
-    testkit::subscribe(ws, msg, WAIT).await
+    wait::subscribe(ws, msg, WAIT).await
 }
 
 /// The peer's own scenarios (spec §9: subscriptions, unsubscriptions, event filtering), on two gateways
@@ -348,13 +348,13 @@ async fn stalled_client_is_closed_and_others_unaffected() {
 #[tokio::test]
 async fn directus_sdk_receives_events_and_survives_its_gateway() {
     let mut c = Cluster::start(opts(2, 1)).await.unwrap();
-    let proxy = loadtest::proxy::Proxy::start(vec![
+    let proxy = testkit::proxy::Proxy::start(vec![
         c.gateway_addr(0).to_owned(),
         c.gateway_addr(1).to_owned(),
     ])
     .await
     .unwrap();
-    let dir = loadtest::services::node_client_dir().unwrap();
+    let dir = testkit::services::node_client_dir().unwrap();
     let mut child = tokio::process::Command::new("node")
         .arg("sdk-events.mjs")
         .arg(format!("http://{}", proxy.addr))

@@ -1,7 +1,7 @@
-use loadtest::cluster::{Cluster, ClusterOptions};
-use loadtest::testkit::admin_client;
 use serde_json::json;
 use std::time::Duration;
+use testkit::cluster::{Cluster, ClusterOptions};
+use testkit::wait::admin_client;
 
 #[tokio::test]
 async fn sql_write_reaches_a_subscriber() {

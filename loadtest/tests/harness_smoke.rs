@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_through_the_library_delivers_every_write_to_every_subscriber() {
-    let out = loadtest::services::TempDir::new("lt-smoke").unwrap();
+    let out = testkit::services::TempDir::new("lt-smoke").unwrap();
     let cfg = Config {
         scenario: Scenario::Fanout,
         local: true,
@@ -55,7 +55,7 @@ async fn fanout_through_the_library_delivers_every_write_to_every_subscriber() {
 
 #[tokio::test]
 async fn filters_through_the_binary_with_two_client_processes() {
-    let out = loadtest::services::TempDir::new("lt-smoke-bin").unwrap();
+    let out = testkit::services::TempDir::new("lt-smoke-bin").unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args([
             "run",

@@ -9,9 +9,6 @@
 //!   (SIGSTOP) and a worker is SIGKILLed, and checks every subscription against a reference computed
 //!   from the write log and the subscription's own `init`.
 
-use loadtest::client::{Incoming, WsClient};
-use loadtest::cluster::{Cluster, ClusterOptions};
-use loadtest::testkit::{self, admin_client, env};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value as Json, json};
@@ -19,6 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use testkit::client::{Incoming, WsClient};
+use testkit::cluster::{Cluster, ClusterOptions};
+use testkit::wait::{self, admin_client, env};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Long enough for a replayed event to arrive if one were coming.
@@ -49,7 +49,7 @@ async fn a_query_registered_anew_replays_nothing_its_init_contains() {
     let sql = c.sql().await.unwrap();
     let msg = json!({"type":"subscribe","collection":"articles","query":{"fields":["id","title","status"]}});
     let mut prev = admin_client(c.gateway_addr(0), WAIT).await;
-    testkit::subscribe(&mut prev, msg.clone(), WAIT).await;
+    wait::subscribe(&mut prev, msg.clone(), WAIT).await;
     let mut stale = Vec::new();
     for run in 0..12 {
         // Alternate: the previous subscriber leaves before the writes, or right after them.
@@ -72,7 +72,7 @@ async fn a_query_registered_anew_replays_nothing_its_init_contains() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let mut ws = admin_client(c.gateway_addr(0), WAIT).await;
-        let init = testkit::subscribe(&mut ws, msg.clone(), WAIT).await;
+        let init = wait::subscribe(&mut ws, msg.clone(), WAIT).await;
         assert_eq!(init["event"], "init");
         assert_eq!(init["data"].as_array().unwrap().len(), 1, "{init}");
         while let Some(m) = ws.next(QUIET).await.unwrap() {
@@ -96,11 +96,11 @@ async fn the_sdk_remounting_a_subscription_sees_no_stale_events() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let c = Cluster::start(cluster_opts(1, 1, "off")).await.unwrap();
     let sql = c.sql().await.unwrap();
-    let dir = loadtest::services::node_client_dir().unwrap();
+    let dir = testkit::services::node_client_dir().unwrap();
     let mut child = tokio::process::Command::new("node")
         .arg("sdk-remount.mjs")
         .arg(format!("http://{}", c.gateway_addr(0)))
-        .arg(loadtest::cluster::ADMIN_TOKEN)
+        .arg(testkit::cluster::ADMIN_TOKEN)
         .current_dir(dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -615,7 +615,7 @@ async fn race(synchronous_commit: &str) {
     let gateways: Vec<String> = (0..2).map(|g| c.gateway_addr(g).to_owned()).collect();
     // A first subscription makes the table known everywhere before the race starts.
     let mut warm = admin_client(&gateways[0], WAIT).await;
-    testkit::subscribe(
+    wait::subscribe(
         &mut warm,
         json!({"type":"subscribe","collection":"prop","query":{"fields":["id"]}}),
         WAIT,
@@ -649,7 +649,7 @@ async fn race(synchronous_commit: &str) {
     let wait_for = |n: usize| {
         let p = p.clone();
         async move {
-            testkit::eventually(Duration::from_secs(120), "writer progress", || {
+            wait::eventually(Duration::from_secs(120), "writer progress", || {
                 let done = p.committed.load(Ordering::SeqCst) >= n;
                 async move { done }
             })

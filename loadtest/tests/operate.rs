@@ -7,20 +7,20 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use loadtest::client::{Incoming, WsClient, http};
-use loadtest::cluster::{Cluster, ClusterOptions};
-use loadtest::services::free_port;
-use loadtest::testkit::{self, admin_client, env, eventually};
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::client::{Incoming, WsClient, http};
+use testkit::cluster::{Cluster, ClusterOptions};
+use testkit::services::free_port;
+use testkit::wait::{self, admin_client, env, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn client(addr: &str) -> WsClient {
     let mut ws = admin_client(addr, WAIT).await;
-    let init = testkit::subscribe(
+    let init = wait::subscribe(
         &mut ws,
         json!({"type":"subscribe","collection":"messages","uid":"m","query":{"fields":["id","text"],"limit":1}}),
         WAIT,
@@ -272,6 +272,18 @@ async fn gateway_metrics_count_connections_messages_and_errors() {
     assert!(s("process_resident_memory_bytes") > 1e6);
     assert!(m.contains(r#"realtime_build_info{version=""#), "{m}");
 
+    // The worker counts a publish when Redis has answered it, which can be after the gateway already
+    // delivered the event: wait for the counters rather than read them once.
+    let worker = c.workers[0].addr.clone();
+    eventually(WAIT, "the worker's publish counters", || {
+        let worker = worker.clone();
+        async move {
+            let w = get(&worker, "/metrics").await.unwrap().1;
+            sample(&w, "realtime_published_frames_total").is_some_and(|v| v >= 1.0)
+                && sample(&w, "realtime_matching_duration_seconds_count").is_some_and(|v| v >= 1.0)
+        }
+    })
+    .await;
     let w = get(&c.workers[0].addr, "/metrics").await.unwrap().1;
     let ws_ = |series: &str| sample(&w, series).unwrap_or_else(|| panic!("{series} missing:\n{w}"));
     assert_eq!(ws_("realtime_capture_active"), 1.0);

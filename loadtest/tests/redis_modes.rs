@@ -1,12 +1,12 @@
 //! The realtime path on the Redis deployments operators run besides a single server: a Redis Cluster
 //! (sharded pub/sub, keys spread over nodes) and a Sentinel-managed primary that fails over mid-stream.
 
-use loadtest::client::WsClient;
-use loadtest::cluster::{Cluster, ClusterOptions};
-use loadtest::services::{Redis, free_port};
-use loadtest::testkit::{self, admin_client, env, eventually};
 use serde_json::json;
 use std::time::{Duration, Instant};
+use testkit::client::WsClient;
+use testkit::cluster::{Cluster, ClusterOptions};
+use testkit::services::{Redis, free_port};
+use testkit::wait::{self, admin_client, env, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -20,7 +20,7 @@ async fn con(r: &Redis) -> redis::aio::MultiplexedConnection {
 
 async fn subscriber(addr: &str) -> WsClient {
     let mut ws = admin_client(addr, WAIT).await;
-    let init = testkit::subscribe(
+    let init = wait::subscribe(
         &mut ws,
         json!({"type":"subscribe","collection":"messages","query":{"fields":["text"],"limit":1}}),
         WAIT,

@@ -4,8 +4,8 @@
 
 use common::change::{Change, StreamId, TxChunk};
 use common::keys::Keys;
-use loadtest::services::{Postgres, Process, Redis, workspace_bin};
 use std::time::{Duration, Instant};
+use testkit::services::{Postgres, Process, Redis, workspace_bin};
 
 /// A stream entry as XRANGE returns it: (id, [(field, value)]).
 type RawEntry = (String, Vec<(String, Vec<u8>)>);
@@ -152,7 +152,7 @@ impl Env {
 
     /// `GET /capture` of a worker.
     pub async fn capture_status(&self, i: usize) -> serde_json::Value {
-        let r = loadtest::client::http(&self.workers[i].addr, "GET", "/capture", &[], None)
+        let r = testkit::client::http(&self.workers[i].addr, "GET", "/capture", &[], None)
             .await
             .unwrap();
         r.json().unwrap()

@@ -1,10 +1,10 @@
 //! Helpers shared by the gateway's integration tests: a real PostgreSQL, Redis and gateway process.
 #![allow(dead_code)]
 
-use loadtest::client::{Upgrade, WsClient, http};
-use loadtest::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, Cluster, ClusterOptions};
 use serde_json::{Value as Json, json};
 use std::time::Duration;
+use testkit::client::{Upgrade, WsClient, http};
+use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD, Cluster, ClusterOptions};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -747,7 +747,7 @@ impl Drop for Process {
 /// The directory with the Node.js client tests (`loadtest/js`), with its npm packages installed
 /// (`npm ci`, once per checkout, under a lock).
 pub fn node_client_dir() -> Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../js");
     let _lock = FileLock::acquire(&std::env::temp_dir().join("rt-npm-install.lock"))?;
     if !dir.join("node_modules/@directus/sdk").exists()
         || !dir.join("node_modules/graphql-ws").exists()

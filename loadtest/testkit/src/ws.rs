@@ -1,5 +1,5 @@
-//! The load generator's lean WebSocket connection: a raw `TcpStream`, RFC 6455 framing from
-//! [`common::ws`], and no buffers while idle.
+//! The WebSocket client: a raw `TcpStream`, RFC 6455 framing from [`common::ws`], and no buffers while
+//! idle. The load agents use [`Conn`] directly; tests use it through [`crate::client::WsClient`].
 //!
 //! Many thousands of these live in one process, so an idle connection is only its socket, its decoder
 //! state and the task around it: reads go through a stack buffer after readiness (not held across an
@@ -16,8 +16,8 @@ use std::os::fd::AsRawFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Largest message the harness accepts (an `init` of a churn subscription is ≤ 100 rows).
-const MAX_MESSAGE: usize = 16 << 20;
+/// Largest message a client accepts (tests read `init`s of up to `REALTIME_INIT_MAX_ROWS` rows).
+const MAX_MESSAGE: usize = 64 << 20;
 /// Bytes read per `read` call; lives on the thread's stack only while reading.
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per wake-up before yielding to other connections (fairness under a flood).
@@ -119,23 +119,43 @@ pub enum ReadState {
     Closed,
 }
 
+/// Result of an upgrade attempt.
+pub enum Upgrade {
+    Open(Conn),
+    /// The server answered with this HTTP status instead of 101.
+    Refused(u16),
+}
+
+/// Longest the server may take to answer the upgrade request.
+const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Conn {
-    /// TCP connect and the HTTP upgrade; `Err` on any failure (including a refused upgrade).
-    pub async fn open(target: &Target, source: Option<Ipv4Addr>) -> Result<Conn> {
+    /// TCP connect (from `source` when given) and the HTTP upgrade, with extra request `headers`.
+    pub async fn upgrade(
+        target: &Target,
+        source: Option<Ipv4Addr>,
+        headers: &[(&str, &str)],
+    ) -> Result<Upgrade> {
         let mut stream = tcp_connect(target.addr, source)
             .await
             .with_context(|| format!("connect {}", target.addr))?;
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        let mut req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n",
             target.path,
             target.host,
             ws_key()
         );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await?;
         let mut head = Vec::with_capacity(256);
         let mut byte = [0u8; 512];
         let rest = loop {
-            let n = stream.read(&mut byte).await?;
+            let n = tokio::time::timeout(UPGRADE_TIMEOUT, stream.read(&mut byte))
+                .await
+                .context("timed out waiting for the upgrade response")??;
             if n == 0 {
                 bail!("closed during the upgrade");
             }
@@ -151,15 +171,23 @@ impl Conn {
             .ok()
             .and_then(|h| h.split_whitespace().nth(1))
             .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+            .with_context(|| format!("bad status line: {}", String::from_utf8_lossy(&head)))?;
         if status != 101 {
-            bail!("upgrade refused: HTTP {status}");
+            return Ok(Upgrade::Refused(status));
         }
-        Ok(Conn {
+        Ok(Upgrade::Open(Conn {
             stream,
             decoder: Decoder::client(MAX_MESSAGE),
             pending: rest,
-        })
+        }))
+    }
+
+    /// [`Conn::upgrade`] without extra headers; `Err` on any failure, including a refused upgrade.
+    pub async fn open(target: &Target, source: Option<Ipv4Addr>) -> Result<Conn> {
+        match Conn::upgrade(target, source, &[]).await? {
+            Upgrade::Open(c) => Ok(c),
+            Upgrade::Refused(status) => bail!("upgrade refused: HTTP {status}"),
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) -> std::io::Result<()> {
@@ -171,6 +199,13 @@ impl Conn {
     /// Write pre-encoded frames.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
+    }
+
+    /// One masked frame of any opcode.
+    pub async fn send_frame(&mut self, op: OpCode, payload: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(payload.len() + 14);
+        encode_masked_frame(&mut out, op, payload, rand::random());
+        self.stream.write_all(&out).await
     }
 
     /// Send a close frame with 1000, then wait briefly for the server to close TCP first (so the

@@ -13,7 +13,7 @@ pub const ADMIN_TOKEN: &str = "admin-static-token";
 
 /// The demo schema: `articles` (author → directus_users) and `messages`, with a few rows. One file for
 /// `deploy/local/up`, the tests and the compose demo.
-pub const DEMO_SCHEMA: &str = include_str!("../../deploy/compose/demo-schema.sql");
+pub const DEMO_SCHEMA: &str = include_str!("../../../deploy/compose/demo-schema.sql");
 
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
