@@ -1,4 +1,4 @@
-//! `fanout_worker::pgoutput::decode` and the `Assembler` on arbitrary replication payloads.
+//! `fanout_worker::capture::pgoutput::decode` and the `Assembler` on arbitrary replication payloads.
 //!
 //! Input: payloads separated by the byte sequence `0xfe 0xfe` (a separator that pgoutput's own bytes may
 //! contain too; that only cuts a message short, which the decoder must handle anyway). Each payload is
@@ -13,8 +13,8 @@
 #![no_main]
 
 use common::change::TxChunk;
-use fanout_worker::assemble::{Assembler, AssemblerConfig, Output};
-use fanout_worker::pgoutput::decode;
+use fanout_worker::capture::assemble::{Assembler, AssemblerConfig, Output};
+use fanout_worker::capture::pgoutput::decode;
 use libfuzzer_sys::fuzz_target;
 
 fn payloads(data: &[u8]) -> impl Iterator<Item = &[u8]> {

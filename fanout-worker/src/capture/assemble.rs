@@ -7,7 +7,7 @@
 //! sends a transaction only after it committed (protocol 1, no streaming), so a chunk can be published
 //! before the commit message arrives.
 
-use crate::pgoutput::{DecodeError, Message, RelationMessage};
+use crate::capture::pgoutput::{DecodeError, Message, RelationMessage};
 use common::change::{Cell, Change, OldRow, RelColumn, Relation, Row, TxChunk};
 use common::value::Kind;
 use std::collections::{HashMap, HashSet};
@@ -373,7 +373,7 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgoutput::{decode, encode as enc};
+    use crate::capture::pgoutput::{decode, encode as enc};
 
     fn t(s: &str) -> Cell {
         Cell::Text(s.into())

@@ -14,9 +14,11 @@
 //! Backpressure: nothing is read from PostgreSQL while a batch is being appended (the transport's bounded
 //! channel fills, then the walsender waits); PostgreSQL keeps the WAL and the slot lag is the alarm.
 
-use crate::assemble::{Assembler, AssemblerConfig, Output};
+pub mod assemble;
+pub mod pgoutput;
+
 use crate::config::WorkerConfig;
-use crate::pgoutput;
+use assemble::{Assembler, AssemblerConfig, Output};
 use common::change::{StreamId, TxChunk, format_lsn};
 use common::keys::Keys;
 use common::value::Kind;
@@ -807,43 +809,4 @@ async fn trim_by_age(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn confirmation_waits_for_the_slowest_consumer() {
-        let id = |lsn, seq| StreamId { lsn, seq };
-        assert_eq!(
-            confirmable(500, Some(id(400, 0)), &[]),
-            500,
-            "no consumers: what is appended"
-        );
-        assert_eq!(
-            confirmable(500, Some(id(400, 0)), &[id(400, 0), id(400, 0)]),
-            500,
-            "caught up"
-        );
-        assert_eq!(
-            confirmable(500, Some(id(400, 0)), &[id(400, 0), id(300, 0)]),
-            300,
-            "one behind"
-        );
-        assert_eq!(confirmable(900, None, &[id(300, 2)]), 300);
-    }
-
-    #[test]
-    fn identity_trigger_quotes_schema_and_excluded_tables() {
-        let sql =
-            identity_trigger_sql("my\"schema", &["o'hare".into(), "directus_sessions".into()]);
-        assert!(
-            sql.contains("\"my\"\"schema\".realtime_replica_identity_full()"),
-            "{sql}"
-        );
-        assert!(sql.contains("d.schema_name = 'my\"schema'"), "{sql}");
-        assert!(
-            sql.contains("ARRAY['o''hare', 'directus_sessions']::text[]"),
-            "{sql}"
-        );
-        assert!(identity_trigger_sql("public", &[]).contains("ARRAY[]::text[]"));
-    }
-}
+mod tests;
