@@ -1,4 +1,4 @@
--- The demo schema of `deploy/local/up`, the tests (loadtest/src/cluster.rs includes this file) and this compose demo.
+-- The demo schema of `deploy/local/up`, the tests (loadtest/testkit/src/cluster.rs includes this file) and this compose demo.
 -- Run after the gateway created the Directus system tables (articles.author references directus_users).
 CREATE TABLE IF NOT EXISTS articles (
     id serial PRIMARY KEY,
