@@ -8,7 +8,7 @@
 //!
 //! Checked: no panic in parsing, normalising, SQL generation or evaluation; and the canonical JSON of a
 //! normalised query (what is registered in Redis) reads back as the same query with the same id, which is
-//! what a worker checks before it accepts a registration (`fanout::apply_ctl`).
+//! what a worker checks before it accepts a registration (`matching::coordinator`, on `apply_ctl`).
 #![no_main]
 
 use common::filter::VarContext;
