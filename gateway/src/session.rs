@@ -253,7 +253,7 @@ impl<S> Session<S> {
                 return vec![error(
                     "server",
                     ErrorCode::RequestsExceeded,
-                    &protocol::msg_requests_exceeded(retry),
+                    protocol::msg_requests_exceeded(retry),
                     None,
                 )];
             }
@@ -295,7 +295,7 @@ impl<S> Session<S> {
                     return vec![error(
                         "subscribe",
                         ErrorCode::LimitExceeded,
-                        &protocol::msg_too_many_subscriptions(cfg.max_subscriptions),
+                        protocol::msg_too_many_subscriptions(cfg.max_subscriptions),
                         request.uid.as_ref(),
                     )];
                 }
@@ -324,7 +324,7 @@ impl<S> Session<S> {
             ClientMessage::Items { uid } => vec![error(
                 "items",
                 ErrorCode::InvalidPayload,
-                &protocol::msg_invalid_payload(protocol::REASON_ITEMS_UNSUPPORTED),
+                protocol::msg_invalid_payload(protocol::REASON_ITEMS_UNSUPPORTED),
                 uid.as_ref(),
             )],
             _ => Vec::new(),

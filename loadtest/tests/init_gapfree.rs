@@ -171,7 +171,10 @@ enum Ev {
 }
 
 /// The shared queries: (subscribe query, predicate on a row).
-fn queries() -> Vec<(Json, fn(&Row) -> bool)> {
+/// A subscription query and the predicate it selects rows with.
+type Query = (Json, fn(&Row) -> bool);
+
+fn queries() -> Vec<Query> {
     vec![
         (json!({"fields":["id","grp","val"],"limit":-1}), |_| true),
         (

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 impl Run<'_> {
-    /// 10. The write log as committed (with commit timestamps when the server keeps them), written to
+    /// Phase 10: the write log as committed (with commit timestamps when the server keeps them), written to
     /// `writes.jsonl` in the output folder. Returns the writes, the folder and the log's path.
     pub(super) async fn write_log(
         &self,
@@ -89,7 +89,7 @@ impl Run<'_> {
         Ok((writes, out_dir, log_path))
     }
 
-    /// 11. Every agent accounts its subscriptions against the log; then the agents end.
+    /// Phase 11: every agent accounts its subscriptions against the log; then the agents end.
     pub(super) async fn account(
         &self,
         mut agents: Agents,
@@ -132,7 +132,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// 12. Merge the agents' results and judge the run.
+    /// Phase 12: merge the agents' results and judge the run.
     pub(super) fn judge(&self, inputs: Judged) -> Report {
         let (cfg, agg, wsh, procs, t_start, run_id) = (
             self.cfg,
@@ -221,7 +221,8 @@ impl Run<'_> {
         failures.extend(writers_down.iter().cloned());
         writer_errors.extend(writers_down);
         let committed = writes.len() as u64;
-        let report = Report {
+
+        Report {
             passed: failures.is_empty(),
             failures,
             scenario: cfg.scenario.name().into(),
@@ -298,8 +299,7 @@ impl Run<'_> {
             resources: report::resource_summaries(&timeline),
             timeline,
             config: cfg.redacted(),
-        };
-        report
+        }
     }
 }
 

@@ -237,7 +237,7 @@ impl Run<'_> {
         self.cfg.scenario == Scenario::Churn
     }
 
-    /// 5. Wait until every agent has its connections open and subscribed.
+    /// Phase 5: wait until every agent has its connections open and subscribed.
     async fn connect(&self) -> Result<()> {
         let (cfg, progress, agg, t_start) = (self.cfg, &self.progress, &self.agg, self.t_start);
         let churn = self.churn();
@@ -281,7 +281,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// 6. Let the connections sit idle, then measure gateway memory per connection.
+    /// Phase 6: let the connections sit idle, then measure gateway memory per connection.
     async fn idle(
         &self,
         sampler: &tokio::sync::Mutex<Sampler>,
@@ -318,7 +318,7 @@ impl Run<'_> {
         }
     }
 
-    /// 9. Stop the clients and wait until every agent reported its final counters.
+    /// Phase 9: stop the clients and wait until every agent reported its final counters.
     async fn stop_clients(&self, agents: &[AgentHandle]) -> Result<()> {
         let (cfg, progress, agg, procs) = (self.cfg, &self.progress, &self.agg, self.procs);
         *self.phase_name.lock() = "stop";

@@ -21,14 +21,14 @@ pub(super) struct System {
     pub urls: Vec<String>,
 }
 
-/// 1. Start a local cluster (`--local`) or take the given endpoints.
+/// Phase 1: start a local cluster (`--local`) or take the given endpoints.
 pub(super) async fn system_under_test(cfg: &Config, progress: &Progress) -> Result<System> {
     let cluster = if cfg.local {
         progress.line(&format!(
             "starting a local cluster: {} gateway(s), {} worker(s)",
             cfg.gateways, cfg.workers
         ));
-        Some(start_cluster(&cfg).await?)
+        Some(start_cluster(cfg).await?)
     } else {
         None
     };
@@ -105,7 +105,7 @@ pub(super) struct Data {
     pub exact_commit_times: bool,
 }
 
-/// 2. The harness's table, the per-user users, and whether exact commit times are available.
+/// Phase 2: the harness's table, the per-user users, and whether exact commit times are available.
 pub(super) async fn prepare_data(cfg: &Config, db_url: Option<&str>, run_id: i64) -> Result<Data> {
     let db = match db_url {
         Some(u) => Some(db_connect(u).await?),
@@ -118,7 +118,7 @@ pub(super) async fn prepare_data(cfg: &Config, db_url: Option<&str>, run_id: i64
             .await
             .context("create the harness table")?;
         if cfg.scenario == Scenario::PerUser {
-            users = Some(create_users(db, &cfg, run_id).await?);
+            users = Some(create_users(db, cfg, run_id).await?);
         }
         let on: String = db
             .query_one("SELECT current_setting('track_commit_timestamp')", &[])
@@ -133,7 +133,7 @@ pub(super) async fn prepare_data(cfg: &Config, db_url: Option<&str>, run_id: i64
     })
 }
 
-/// 3. What the sampler watches: the local cluster's processes, metrics endpoints, the harness itself.
+/// Phase 3: what the sampler watches: the local cluster's processes, metrics endpoints, the harness itself.
 pub(super) fn sources(cfg: &Config, cluster: Option<&Cluster>) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     if let Some(c) = cluster {
@@ -175,7 +175,7 @@ pub(super) struct Agents {
     pub pump: tokio::task::JoinHandle<()>,
 }
 
-/// 4. Start the agents (in this process for one, else `loadtest agent` children), each with its share of
+/// Phase 4: start the agents (in this process for one, else `loadtest agent` children), each with its share of
 /// the connections; their processes join `sources`.
 pub(super) async fn spawn_agents(
     cfg: &Config,

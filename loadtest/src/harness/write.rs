@@ -31,7 +31,7 @@ pub(super) struct Written {
 }
 
 impl Run<'_> {
-    /// 7. Start the agents' accounting clocks and the writers; run the steps; stop the writers.
+    /// Phase 7: start the agents' accounting clocks and the writers; run the steps; stop the writers.
     pub(super) async fn write(
         &self,
         agents: &[AgentHandle],
@@ -97,7 +97,7 @@ impl Run<'_> {
                 write_end
             };
             wait_for(
-                &agg,
+                agg,
                 step_end + Duration::from_secs(1),
                 "writing",
                 |_| Instant::now() >= step_end,
@@ -199,7 +199,7 @@ impl Run<'_> {
         })
     }
 
-    /// 8. Wait until every expected delivery arrived (nothing new for a while, or the limit); the
+    /// Phase 8: wait until every expected delivery arrived (nothing new for a while, or the limit); the
     /// seconds it took after the last write.
     pub(super) async fn drain(&self, last_write: Instant) -> Result<f64> {
         let (cfg, progress, agg, wsh) = (self.cfg, &self.progress, &self.agg, &self.wsh);
