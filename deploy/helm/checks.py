@@ -21,11 +21,11 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # The metrics the gateway and fanout-worker export (the interface the dashboard and the alerts build on),
-# read from the Rust sources so the dashboard and the alerts can never name a metric the code lost.
+# read from the Rust sources (`common-io` holds the shared ones) so the dashboard and the alerts can never name a metric the code lost.
 def exported_metrics():
     kinds = re.compile(r'\b(counter|gauge|histogram)!\(\s*"((?:realtime|process)_[a-z0-9_]+)"')
     plain, hist = set(), set()
-    for crate in ("common", "gateway", "fanout-worker"):
+    for crate in ("common", "common/io", "gateway", "fanout-worker"):
         for f in (ROOT / crate / "src").rglob("*.rs"):
             for kind, name in kinds.findall(f.read_text()):
                 (hist if kind == "histogram" else plain).add(name)
