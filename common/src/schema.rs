@@ -13,6 +13,17 @@ pub struct Column {
     pub special: Special,
 }
 
+impl Column {
+    /// A column without `directus_fields.special` casts.
+    pub fn new(name: &str, kind: Kind) -> Column {
+        Column {
+            name: name.to_owned(),
+            kind,
+            special: Special::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collection {
     pub name: String,

@@ -183,11 +183,7 @@ mod tests {
 
     #[test]
     fn snapshot_sql_is_parameterised() {
-        let c = |n: &str, k: Kind| Column {
-            name: n.into(),
-            kind: k,
-            special: Default::default(),
-        };
+        let c = Column::new;
         let coll = Collection::new(
             "my \"table\"",
             "public",

@@ -28,11 +28,7 @@ const REL: u32 = 16384;
 const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 
 fn template() -> NormalizedQuery {
-    let c = |n: &str, k: Kind| Column {
-        name: n.into(),
-        kind: k,
-        special: Default::default(),
-    };
+    let c = Column::new;
     let coll = Collection::new(
         "messages",
         "public",

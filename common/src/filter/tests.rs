@@ -7,11 +7,7 @@ use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 
 fn coll() -> Collection {
-    let c = |n: &str, k: Kind| Column {
-        name: n.into(),
-        kind: k,
-        special: Default::default(),
-    };
+    let c = Column::new;
     Collection::new(
         "articles",
         "public",

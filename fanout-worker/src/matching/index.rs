@@ -404,11 +404,7 @@ mod tests {
     use serde_json::json;
 
     fn coll() -> Collection {
-        let c = |n: &str, k: Kind| Column {
-            name: n.into(),
-            kind: k,
-            special: Default::default(),
-        };
+        let c = Column::new;
         Collection::new(
             "a",
             "public",

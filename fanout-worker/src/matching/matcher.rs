@@ -366,11 +366,7 @@ mod tests {
     const REL: u32 = 1;
 
     fn coll() -> Collection {
-        let c = |n: &str, k: Kind| Column {
-            name: n.into(),
-            kind: k,
-            special: Default::default(),
-        };
+        let c = Column::new;
         Collection::new(
             "articles",
             "public",

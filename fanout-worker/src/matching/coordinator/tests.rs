@@ -14,11 +14,7 @@ use serde_json::json;
 const SHARDS: u32 = 4;
 
 fn coll() -> Collection {
-    let c = |n: &str, k: Kind| Column {
-        name: n.into(),
-        kind: k,
-        special: Default::default(),
-    };
+    let c = Column::new;
     Collection::new(
         "items",
         "public",
