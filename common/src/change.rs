@@ -9,6 +9,10 @@
 use crate::value::Kind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// What capture writes in place of a secret column's value (passwords, static tokens, TFA secrets):
+/// what Directus shows for them. Two equal masks may hide two different values.
+pub const MASK: &str = "**********";
+
 /// One column value as captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cell {

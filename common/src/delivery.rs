@@ -44,6 +44,10 @@ pub enum EntryKind {
     /// The end of a replay this gateway asked for: every event of the query up to `pos` has been
     /// published before this entry. The body is the registration token the replay answered.
     ReplayDone,
+    /// The transaction at `pos` changed the tables rights are computed from (`crate::rights`): every
+    /// event this worker sends after it was matched after that commit. Query id zero; the body lists
+    /// the deps it touched ([`crate::rights::encode_deps`]).
+    Rights,
 }
 
 /// One entry for one query.
@@ -109,6 +113,19 @@ pub fn append_entry(
     );
 }
 
+/// Append a rights change at `pos` (a transaction of commit time `commit_time`) touching `deps`.
+pub fn append_rights(out: &mut Vec<u8>, pos: Position, xid: u32, commit_time: i64, deps: &[u8]) {
+    append(
+        out,
+        EntryKind::Rights,
+        QueryId(0),
+        pos,
+        xid,
+        commit_time,
+        deps,
+    );
+}
+
 /// Append the end of a replay of `query` up to `pos`, answering registration `token`.
 pub fn append_replay_done(out: &mut Vec<u8>, query: QueryId, pos: Position, token: &[u8]) {
     append(out, EntryKind::ReplayDone, query, pos, 0, 0, token);
@@ -125,6 +142,7 @@ fn append(
 ) {
     out.push(match kind {
         EntryKind::ReplayDone => 1,
+        EntryKind::Rights => 5,
         EntryKind::Event(EventKind::Create) => 2,
         EntryKind::Event(EventKind::Update) => 3,
         EntryKind::Event(EventKind::Delete) => 4,
@@ -174,6 +192,7 @@ pub fn decode_batch(msg: &[u8]) -> Result<Vec<Entry<std::ops::Range<usize>>>, Ba
             (VERSION, 2) => EntryKind::Event(EventKind::Create),
             (VERSION, 3) => EntryKind::Event(EventKind::Update),
             (VERSION, 4) => EntryKind::Event(EventKind::Delete),
+            (VERSION, 5) => EntryKind::Rights,
             // Version 2: the kind is inside the body (read below).
             (VERSION_2, 0) => EntryKind::Event(EventKind::Create),
             _ => return Err(BatchError("unknown entry kind")),
@@ -310,10 +329,22 @@ mod tests {
                 commit_time: -1,
                 body: Vec::new(),
             },
+            Entry {
+                kind: EntryKind::Rights,
+                query: QueryId(0),
+                pos: Position {
+                    lsn: 101,
+                    seq: 0,
+                    idx: 0,
+                },
+                xid: 10,
+                commit_time: 124,
+                body: b"p:1\npub".to_vec(),
+            },
         ];
         let msg = encode_batch(&entries);
         let decoded = decode_batch(&msg).unwrap();
-        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded.len(), 3);
         for (d, e) in decoded.iter().zip(&entries) {
             assert_eq!(
                 (d.kind, d.query, d.pos, d.xid, d.commit_time),

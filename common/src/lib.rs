@@ -38,6 +38,7 @@ pub mod normalize;
 pub mod project;
 pub mod protocol;
 pub mod query;
+pub mod rights;
 pub mod schema;
 pub mod shard;
 pub mod sql;

@@ -134,7 +134,8 @@ pub fn normalize(
     vars: &VarContext,
     limits: NormalizeLimits,
 ) -> Result<Normalized, QueryError> {
-    // Permission rules, bound against this collection.
+    // Permission rules, bound against this collection. A rule that does not parse is the
+    // administrator's error, not the subscriber's: FORBIDDEN, saying so.
     let rules: Vec<(Filter, Option<Vec<String>>)> = match access {
         Access::Admin => Vec::new(),
         Access::Rules(rules) if rules.is_empty() => {
@@ -147,7 +148,9 @@ pub fn normalize(
                 let f = match &r.filter {
                     None => Filter::TRUE,
                     Some(Json::Object(o)) if o.is_empty() => Filter::TRUE,
-                    Some(j) => filter::bind(&filter::parse(j, vars, limits.filter)?, coll)?,
+                    Some(j) => filter::parse(j, vars, limits.filter)
+                        .and_then(|raw| filter::bind(&raw, coll))
+                        .map_err(|e| broken_permission(coll, &e))?,
                 };
                 Ok((f, r.fields.clone()))
             })
@@ -422,6 +425,14 @@ fn search(coll: &Collection, term: &str, allowed: &impl Fn(&str) -> bool) -> Fil
     } else {
         Filter::or(parts)
     }
+}
+
+/// FORBIDDEN for a permission filter that does not parse or bind (`e` says why).
+fn broken_permission(coll: &Collection, e: &QueryError) -> QueryError {
+    let reason = match e {
+        QueryError::Invalid(r) | QueryError::Forbidden(r) => r.trim_end_matches('.'),
+    };
+    QueryError::Forbidden(crate::protocol::msg_broken_permission(&coll.name, reason))
 }
 
 #[cfg(test)]

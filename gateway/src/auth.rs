@@ -33,6 +33,9 @@ pub struct Accountability {
     pub app: bool,
     /// Policies in effect (already filtered by `ip_access`), sorted.
     pub policies: Vec<String>,
+    /// Every policy the access rows attach, before the `ip_access` filter, sorted: a change to any of
+    /// them may change this identity (`crate::rights`).
+    pub considered: Vec<String>,
     pub ip: Option<IpAddr>,
 }
 
@@ -49,6 +52,25 @@ pub struct Authenticated {
     pub expires_at: Option<i64>,
     /// The new refresh token, for email/password and refresh-token logins.
     pub refresh_token: Option<String>,
+    /// How it was proven, to check again when the user's row changes.
+    pub proof: Proof,
+}
+
+/// What a connection's identity rests on, checked again by [`AuthService::recheck`] when a rights
+/// change touches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// No credentials: the public policies.
+    Public,
+    /// A signed access token; `session` is its session claim (session-mode login), which must still
+    /// exist in `directus_sessions`.
+    Jwt { session: Option<String> },
+    /// A static token (`directus_users.token`), kept as a hash.
+    StaticToken(u128),
+}
+
+fn token_hash(token: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(token.as_bytes())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +83,9 @@ pub enum AuthError {
     TokenExpired,
     #[error("User suspended.")]
     UserSuspended,
+    /// The user was deleted, or the token or session the connection used is gone.
+    #[error("Invalid user credentials.")]
+    Revoked,
     #[error("Service unavailable: {0}")]
     Unavailable(String),
 }
@@ -81,6 +106,7 @@ impl AuthError {
             AuthError::InvalidToken => "INVALID_TOKEN",
             AuthError::TokenExpired => "TOKEN_EXPIRED",
             AuthError::UserSuspended => "USER_SUSPENDED",
+            AuthError::Revoked => "INVALID_CREDENTIALS",
             AuthError::Unavailable(_) => "SERVICE_UNAVAILABLE",
         }
     }
@@ -219,12 +245,12 @@ const PERMISSION_CACHE_MAX: usize = 10_000;
 /// role or policy change reaches new authentications within this time, as permission changes do.
 const IDENTITY_TTL: Duration = Duration::from_secs(5);
 
-/// (user, role, client address) → identity, with when it was computed.
+/// (user, role, client address) → identity, with when it was computed and the rights epoch then.
 type IdentityCache =
-    HashMap<(Option<String>, Option<String>, Option<IpAddr>), (Instant, Arc<Accountability>)>;
+    HashMap<(Option<String>, Option<String>, Option<IpAddr>), (Instant, u64, Arc<Accountability>)>;
 
-/// Read rules per (policy set, collection), with when they were fetched.
-type PermissionCache = HashMap<(Vec<String>, String), (Instant, Vec<ReadRule>)>;
+/// Read rules per (policy set, collection), with when they were fetched and the rights epoch then.
+type PermissionCache = HashMap<(Vec<String>, String), (Instant, u64, Vec<ReadRule>)>;
 
 pub struct AuthService {
     pool: Pool,
@@ -234,6 +260,9 @@ pub struct AuthService {
     stall: Duration,
     permissions: Mutex<PermissionCache>,
     identities: Mutex<IdentityCache>,
+    /// Bumped by every committed rights change (`crate::rights`): cached entries from before it are
+    /// not used.
+    epoch: Arc<crate::rights::Epoch>,
 }
 
 /// What authentication needs from the configuration.
@@ -248,8 +277,13 @@ pub struct AuthSettings {
 }
 
 impl AuthService {
-    pub fn new(pool: Pool, settings: AuthSettings) -> AuthService {
+    pub fn new(
+        pool: Pool,
+        settings: AuthSettings,
+        epoch: Arc<crate::rights::Epoch>,
+    ) -> AuthService {
         AuthService {
+            epoch,
             pool,
             secret: settings.secret,
             access_ttl: settings.access_ttl,
@@ -268,20 +302,22 @@ impl AuthService {
         ip: Option<IpAddr>,
     ) -> Result<Arc<Accountability>, AuthError> {
         let key = (user.map(str::to_owned), role.map(str::to_owned), ip);
-        if let Some((at, acct)) = self.identities.lock().get(&key)
+        let epoch = self.epoch.get();
+        if let Some((at, e, acct)) = self.identities.lock().get(&key)
             && at.elapsed() < IDENTITY_TTL
+            && *e == epoch
         {
             return Ok(acct.clone());
         }
         let acct = Arc::new(self.accountability(user, role, ip).await?);
         let mut cache = self.identities.lock();
         if cache.len() >= PERMISSION_CACHE_MAX {
-            cache.retain(|_, (at, _)| at.elapsed() < IDENTITY_TTL);
+            cache.retain(|_, (at, e, _)| at.elapsed() < IDENTITY_TTL && *e == epoch);
             if cache.len() >= PERMISSION_CACHE_MAX {
                 cache.clear();
             }
         }
-        cache.insert(key, (Instant::now(), acct.clone()));
+        cache.insert(key, (Instant::now(), epoch, acct.clone()));
         Ok(acct)
     }
 
@@ -550,6 +586,10 @@ impl AuthService {
                 }
             }
             let exp = claims["exp"].as_i64();
+            let session = claims
+                .get("session")
+                .and_then(Json::as_str)
+                .map(str::to_owned);
             let acct = self
                 .shared_accountability(user.as_deref(), role.as_deref(), ip)
                 .await?;
@@ -557,6 +597,7 @@ impl AuthService {
                 accountability: acct,
                 expires_at: exp,
                 refresh_token: None,
+                proof: Proof::Jwt { session },
             });
         }
         let db = self.pool.get().await.map_err(unavailable)?;
@@ -577,6 +618,7 @@ impl AuthService {
             accountability: acct,
             expires_at: None,
             refresh_token: None,
+            proof: Proof::StaticToken(token_hash(token)),
         })
     }
 
@@ -606,6 +648,65 @@ impl AuthService {
             .await?;
         a.refresh_token = Some(tokens.refresh_token);
         Ok(a)
+    }
+
+    /// Check an identity again after a rights change touched it, from the database (no cache): the
+    /// user must still exist and be active, its static token or session must still be there, and its
+    /// role is read from the user's row (a role move applies at once, unlike Directus, whose sockets
+    /// keep the token's role claim). The public identity is computed anew.
+    pub async fn recheck(
+        &self,
+        acct: &Accountability,
+        proof: &Proof,
+    ) -> Result<Accountability, AuthError> {
+        let Some(user) = acct.user.as_deref() else {
+            return self.accountability(None, None, acct.ip).await;
+        };
+        let db = self.pool.get().await.map_err(unavailable)?;
+        let row = db
+            .query_opt(
+                "SELECT status, role::text, token FROM directus_users WHERE id = $1::text::uuid",
+                &[&user],
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else {
+            return Err(AuthError::Revoked);
+        };
+        let status: String = row.get(0);
+        let role: Option<String> = row.get(1);
+        let token: Option<String> = row.get(2);
+        if status != "active" {
+            return Err(if status == "suspended" {
+                AuthError::UserSuspended
+            } else {
+                AuthError::Revoked
+            });
+        }
+        match proof {
+            Proof::StaticToken(hash) if token.as_deref().map(token_hash) != Some(*hash) => {
+                return Err(AuthError::Revoked);
+            }
+            Proof::Jwt {
+                session: Some(session),
+            } => {
+                let live = db
+                    .query_opt(
+                        "SELECT 1 FROM directus_sessions WHERE token = $1 AND expires >= now()",
+                        &[session],
+                    )
+                    .await
+                    .map_err(unavailable)?
+                    .is_some();
+                if !live {
+                    return Err(AuthError::Revoked);
+                }
+            }
+            _ => {}
+        }
+        drop(db);
+        self.accountability(Some(user), role.as_deref(), acct.ip)
+            .await
     }
 
     /// The public role's accountability (no user).
@@ -656,6 +757,7 @@ impl AuthService {
             admin: false,
             app: false,
             policies: Vec::new(),
+            considered: Vec::new(),
             ip,
         };
         for r in rows {
@@ -664,6 +766,9 @@ impl AuthService {
             let app: bool = r.get(2);
             let ip_access: Option<String> = r.get(3);
             let is_public: bool = r.get(4);
+            if !acct.considered.contains(&id) {
+                acct.considered.push(id.clone());
+            }
             if let Some(list) = ip_access.as_deref().filter(|s| !s.trim().is_empty()) {
                 match ip {
                     Some(ip) if ip_in_networks(ip, list) => {}
@@ -679,6 +784,7 @@ impl AuthService {
             }
         }
         acct.policies.sort();
+        acct.considered.sort();
         Ok(acct)
     }
 
@@ -692,8 +798,10 @@ impl AuthService {
             return Ok(Access::Admin);
         }
         let key = (acct.policies.clone(), collection.to_owned());
-        if let Some((at, rules)) = self.permissions.lock().get(&key)
+        let epoch = self.epoch.get();
+        if let Some((at, e, rules)) = self.permissions.lock().get(&key)
             && at.elapsed() < PERMISSION_TTL
+            && *e == epoch
         {
             return Ok(Access::Rules(rules.clone()));
         }
@@ -732,7 +840,7 @@ impl AuthService {
         if cache.len() >= PERMISSION_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(key, (Instant::now(), rules.clone()));
+        cache.insert(key, (Instant::now(), epoch, rules.clone()));
         Ok(Access::Rules(rules))
     }
 

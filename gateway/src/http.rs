@@ -427,7 +427,8 @@ async fn upgrade(
                 AuthError::InvalidCredentials
                 | AuthError::InvalidToken
                 | AuthError::TokenExpired
-                | AuthError::UserSuspended,
+                | AuthError::UserSuspended
+                | AuthError::Revoked,
             ) => {
                 telemetry::auth_failure("upgrade");
                 telemetry::upgrade_rejected("unauthorized");

@@ -19,6 +19,7 @@
 //! Delivering them as they came would let a later event raise the dedupe floor over the replayed ones.
 
 use crate::outbox::Outbox;
+use crate::rights::Rights;
 use bytes::Bytes;
 use common::ctl::ReplayRequest;
 use common::delivery::{EntryKind, PgSnapshot, Position, decode_batch};
@@ -44,7 +45,7 @@ pub struct SubKey {
 enum SubState {
     /// Snapshot not written yet: events wait here (bounded by the outbox budget).
     Pending {
-        buf: Vec<(u64, u32, EventKind, Bytes)>,
+        buf: Vec<(Position, u32, EventKind, Bytes)>,
         bytes: usize,
     },
     /// `init` written: skip events the snapshot already contains, until the stream passes `until`.
@@ -53,6 +54,24 @@ enum SubState {
         until: u64,
     },
     Live,
+    /// Moved here from another query by a rights change at commit LSN `from` (`crate::rights`): this
+    /// query's events after `from` are this subscriber's, including those other subscribers here got
+    /// before it came. They arrive from the replay `request` asked for (below the query's dedupe floor)
+    /// and live; all wait here until the replay ends, then go out in position order, once.
+    Rebinding {
+        from: u64,
+        request: ReplayRequest,
+        buf: Vec<Held>,
+        bytes: usize,
+    },
+}
+
+/// Events held back by a rights change: those committed after `at` wait until the connection's
+/// subscriptions are evaluated again (`crate::rights`).
+struct Cut {
+    at: u64,
+    held: Vec<Held>,
+    bytes: usize,
 }
 
 struct LocalSub {
@@ -60,6 +79,7 @@ struct LocalSub {
     outbox: Arc<Outbox>,
     suffix: Bytes,
     state: SubState,
+    cut: Option<Cut>,
 }
 
 struct LocalQuery {
@@ -80,6 +100,7 @@ struct Recovery {
     bytes: usize,
 }
 
+#[derive(Clone)]
 struct Held {
     pos: Position,
     kind: EventKind,
@@ -103,21 +124,31 @@ pub struct Delivered {
     pub entries: usize,
     pub duplicates: usize,
     pub frames: usize,
+    /// Connections touched by rights changes.
+    pub rights: usize,
 }
 
 pub struct Hub {
     stripes: Vec<Mutex<HashMap<QueryId, LocalQuery>>>,
+    /// Live connections by what their rights depend on.
+    pub rights: Rights,
 }
 
 impl Default for Hub {
     fn default() -> Hub {
-        Hub {
-            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        Hub::new(Default::default())
     }
 }
 
 impl Hub {
+    /// A hub whose rights changes bump `epoch`.
+    pub fn new(epoch: Arc<crate::rights::Epoch>) -> Hub {
+        Hub {
+            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            rights: Rights::new(epoch),
+        }
+    }
+
     fn stripe(&self, id: &QueryId) -> &Mutex<HashMap<QueryId, LocalQuery>> {
         &self.stripes[(id.0 as usize) % STRIPES]
     }
@@ -132,6 +163,63 @@ impl Hub {
         key: SubKey,
         outbox: Arc<Outbox>,
         suffix: Bytes,
+    ) -> bool {
+        self.attach_with_cut(id, def_json, from, key, outbox, suffix, None)
+    }
+
+    /// [`Hub::attach`] for a subscriber whose connection has a rights change pending at `cut`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_with_cut(
+        &self,
+        id: QueryId,
+        def_json: Arc<str>,
+        from: u64,
+        key: SubKey,
+        outbox: Arc<Outbox>,
+        suffix: Bytes,
+        cut: Option<u64>,
+    ) -> bool {
+        let pending = SubState::Pending {
+            buf: Vec::new(),
+            bytes: 0,
+        };
+        self.attach_in(id, def_json, from, key, outbox, suffix, pending, cut)
+    }
+
+    /// Add a subscriber moved from another query by a rights change at `from` (see
+    /// [`SubState::Rebinding`]), cut at `cut` if a later change is pending. Returns true if the query
+    /// is new here. Either way it must be registered with the replay `request`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_rebinding(
+        &self,
+        id: QueryId,
+        def_json: Arc<str>,
+        key: SubKey,
+        outbox: Arc<Outbox>,
+        suffix: Bytes,
+        request: ReplayRequest,
+        cut: Option<u64>,
+    ) -> bool {
+        let state = SubState::Rebinding {
+            from: request.from,
+            request,
+            buf: Vec::new(),
+            bytes: 0,
+        };
+        self.attach_in(id, def_json, request.from, key, outbox, suffix, state, cut)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attach_in(
+        &self,
+        id: QueryId,
+        def_json: Arc<str>,
+        from: u64,
+        key: SubKey,
+        outbox: Arc<Outbox>,
+        suffix: Bytes,
+        state: SubState,
+        cut: Option<u64>,
     ) -> bool {
         let mut map = self.stripe(&id).lock();
         let mut new = false;
@@ -149,12 +237,61 @@ impl Hub {
             key,
             outbox,
             suffix,
-            state: SubState::Pending {
-                buf: Vec::new(),
+            state,
+            cut: cut.map(|at| Cut {
+                at,
+                held: Vec::new(),
                 bytes: 0,
-            },
+            }),
         });
         new
+    }
+
+    /// A rights change at commit LSN `at` touched the subscriber: hold back its events committed after
+    /// `at` (an earlier cut stays).
+    pub fn cut(&self, id: QueryId, key: SubKey, at: u64) {
+        let mut map = self.stripe(&id).lock();
+        if let Some(sub) = map
+            .get_mut(&id)
+            .and_then(|lq| lq.subs.iter_mut().find(|s| s.key == key))
+        {
+            match &mut sub.cut {
+                Some(c) => c.at = c.at.min(at),
+                None => {
+                    sub.cut = Some(Cut {
+                        at,
+                        held: Vec::new(),
+                        bytes: 0,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The subscriber's rights were evaluated again and its query stays: deliver what its cut held
+    /// back, up to `upto` (a rights change that arrived meanwhile, which stays cut) or all of it.
+    pub fn release(&self, id: QueryId, key: SubKey, upto: Option<u64>) {
+        let mut map = self.stripe(&id).lock();
+        let Some(sub) = map
+            .get_mut(&id)
+            .and_then(|lq| lq.subs.iter_mut().find(|s| s.key == key))
+        else {
+            return;
+        };
+        let Some(cut) = sub.cut.take() else {
+            return;
+        };
+        if let Some(at) = upto {
+            sub.cut = Some(Cut {
+                at,
+                held: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let mut stats = Delivered::default();
+        for h in cut.held {
+            sub.offer(&h, &mut stats);
+        }
     }
 
     /// The snapshot is written: return the buffered events the subscriber must get now (in order) and
@@ -182,12 +319,24 @@ impl Hub {
         };
         let mut out = Vec::new();
         let mut live = snap.is_none();
-        for (lsn, xid, kind, data) in buffered {
-            if !live && lsn > until {
+        for (pos, xid, kind, data) in buffered {
+            if !live && pos.lsn > until {
                 live = true;
             }
             if live || !snap.as_ref().is_some_and(|s| s.sees(xid)) {
-                out.push((kind, data));
+                if let Some(cut) = sub.cut.as_mut().filter(|c| pos.lsn > c.at) {
+                    // A rights change came first: this one waits for the re-evaluation.
+                    cut.bytes += data.len();
+                    cut.held.push(Held {
+                        pos,
+                        kind,
+                        xid,
+                        commit_time: 0,
+                        data,
+                    });
+                } else {
+                    out.push((kind, data));
+                }
             }
         }
         if let (false, Some(snap)) = (live, snap) {
@@ -220,6 +369,11 @@ impl Hub {
         let now_us = common_io::clock::unix_micros();
         for e in entries {
             stats.entries += 1;
+            if e.kind == EntryKind::Rights {
+                let deps = common::rights::decode_deps(&msg[e.body.clone()]);
+                stats.rights += self.rights.apply(self, e.pos, &deps);
+                continue;
+            }
             let mut map = self.stripe(&e.query).lock();
             let Some(lq) = map.get_mut(&e.query) else {
                 continue;
@@ -227,7 +381,13 @@ impl Hub {
             let body = msg.slice(e.body);
             let kind = match e.kind {
                 EntryKind::Event(kind) => kind,
+                EntryKind::Rights => continue,
                 EntryKind::ReplayDone => {
+                    if let Some(request) = ReplayRequest::decode(&body) {
+                        for sub in &mut lq.subs {
+                            sub.end_rebinding(request, &mut stats);
+                        }
+                    }
                     let answered = lq
                         .recovery
                         .as_ref()
@@ -245,6 +405,17 @@ impl Hub {
             };
             if e.pos <= lq.last {
                 stats.duplicates += 1;
+                // Below the floor for the query, but maybe not for a subscriber moved here since.
+                let h = Held {
+                    pos: e.pos,
+                    kind,
+                    xid: e.xid,
+                    commit_time: e.commit_time,
+                    data: body,
+                };
+                for sub in &mut lq.subs {
+                    sub.hold_for_rebinding(&h);
+                }
                 continue;
             }
             if let Some(r) = &mut lq.recovery {
@@ -363,32 +534,99 @@ impl LocalQuery {
             common_io::telemetry::join_change_trace(&span, pos.lsn);
             span.entered()
         });
+        let h = Held {
+            pos,
+            kind,
+            xid,
+            commit_time,
+            data,
+        };
         for sub in &mut self.subs {
-            let send = match &mut sub.state {
-                SubState::Live => true,
-                SubState::Filtering { snap, until } => {
-                    if pos.lsn > *until {
-                        sub.state = SubState::Live;
-                        true
-                    } else {
-                        !snap.sees(xid)
-                    }
-                }
-                SubState::Pending { buf, bytes } => {
-                    *bytes += data.len() + sub.suffix.len();
-                    if *bytes > sub.outbox.limit() {
-                        // The snapshot takes too long for the event rate: treat as a slow consumer.
-                        sub.outbox.force_overflow();
-                    } else {
-                        buf.push((pos.lsn, xid, kind, data.clone()));
-                    }
-                    false
-                }
-            };
-            if send {
-                sub.outbox.push(kind, data.clone(), sub.suffix.clone());
-                stats.frames += 1;
+            sub.offer(&h, stats);
+        }
+    }
+}
+
+impl LocalSub {
+    /// One event above the query's floor, for this subscriber: held by a rights cut, buffered while its
+    /// snapshot or its move is pending, filtered by its snapshot, or queued.
+    fn offer(&mut self, h: &Held, stats: &mut Delivered) {
+        if let Some(cut) = self.cut.as_mut().filter(|c| h.pos.lsn > c.at) {
+            cut.bytes += h.data.len() + self.suffix.len();
+            if cut.bytes > self.outbox.limit() {
+                // The re-evaluation takes too long for the event rate: a slow consumer.
+                self.outbox.force_overflow();
+            } else {
+                cut.held.push(h.clone());
             }
+            return;
+        }
+        let send = match &mut self.state {
+            SubState::Live => true,
+            SubState::Filtering { snap, until } => {
+                if h.pos.lsn > *until {
+                    self.state = SubState::Live;
+                    true
+                } else {
+                    !snap.sees(h.xid)
+                }
+            }
+            SubState::Pending { buf, bytes } => {
+                *bytes += h.data.len() + self.suffix.len();
+                if *bytes > self.outbox.limit() {
+                    // The snapshot takes too long for the event rate: treat as a slow consumer.
+                    self.outbox.force_overflow();
+                } else {
+                    buf.push((h.pos, h.xid, h.kind, h.data.clone()));
+                }
+                false
+            }
+            SubState::Rebinding { .. } => {
+                self.hold_for_rebinding(h);
+                false
+            }
+        };
+        if send {
+            self.outbox
+                .push(h.kind, h.data.clone(), self.suffix.clone());
+            stats.frames += 1;
+        }
+    }
+
+    /// Keep an event for a subscriber being moved here, if it is after the move.
+    fn hold_for_rebinding(&mut self, h: &Held) {
+        if let SubState::Rebinding {
+            from, buf, bytes, ..
+        } = &mut self.state
+            && h.pos.lsn > *from
+        {
+            *bytes += h.data.len() + self.suffix.len();
+            if *bytes > self.outbox.limit() {
+                self.outbox.force_overflow();
+            } else {
+                buf.push(h.clone());
+            }
+        }
+    }
+
+    /// The replay `request` ended: a subscriber moved here with it goes live with what it gathered,
+    /// in position order, once.
+    fn end_rebinding(&mut self, request: ReplayRequest, stats: &mut Delivered) {
+        let SubState::Rebinding { request: r, .. } = &self.state else {
+            return;
+        };
+        if *r != request {
+            return;
+        }
+        let SubState::Rebinding { mut buf, .. } =
+            std::mem::replace(&mut self.state, SubState::Live)
+        else {
+            unreachable!("checked above");
+        };
+        buf.sort_by_key(|h| h.pos);
+        buf.dedup_by_key(|h| h.pos);
+        for h in &buf {
+            self.offer(h, stats);
         }
     }
 }
@@ -469,7 +707,8 @@ mod tests {
             Delivered {
                 entries: 5,
                 duplicates: 2,
-                frames: 4
+                frames: 4,
+                rights: 0
             }
         );
         assert_eq!(
@@ -604,5 +843,184 @@ mod tests {
             "closed as a slow consumer instead of a silent gap"
         );
         assert_eq!(hub.recovering(), 0);
+    }
+
+    fn rights_batch(lsn: u64, deps: &str) -> Bytes {
+        let mut m = common::delivery::start_batch();
+        common::delivery::append_rights(
+            &mut m,
+            Position {
+                lsn,
+                seq: 0,
+                idx: 0,
+            },
+            1,
+            0,
+            deps.as_bytes(),
+        );
+        Bytes::from(m)
+    }
+
+    fn replay_done(q: u128, req: ReplayRequest) -> Bytes {
+        let mut m = common::delivery::start_batch();
+        common::delivery::append_replay_done(
+            &mut m,
+            QueryId(q),
+            Position::ZERO,
+            req.encode().as_bytes(),
+        );
+        Bytes::from(m)
+    }
+
+    fn acct(user: &str, policy: &str) -> Arc<crate::auth::Accountability> {
+        Arc::new(crate::auth::Accountability {
+            user: Some(user.into()),
+            role: Some("R".into()),
+            roles: vec!["R".into()],
+            admin: false,
+            app: false,
+            policies: vec![policy.into()],
+            considered: vec![policy.into()],
+            ip: None,
+        })
+    }
+
+    /// A live subscriber of query `q` on connection `conn` (filed under `policy`).
+    fn live(hub: &Hub, q: u128, conn: u64, policy: &str) -> (Arc<Outbox>, SubKey) {
+        let o = Arc::new(Outbox::new(1 << 20));
+        let k = SubKey { conn, sub: 1 };
+        hub.rights
+            .set_identity(conn, &o, &acct(&format!("u{conn}"), policy));
+        hub.rights.attach_sub(conn, QueryId(q), k, |cut| {
+            hub.attach_with_cut(QueryId(q), "{}".into(), 0, k, o.clone(), Bytes::new(), cut)
+        });
+        hub.activate(QueryId(q), k, None, 0);
+        (o, k)
+    }
+
+    #[test]
+    fn a_rights_change_holds_later_events_until_the_subscriber_is_evaluated_again() {
+        let hub = Hub::default();
+        let (a, ka) = live(&hub, 1, 1, "P1");
+        let (b, _) = live(&hub, 1, 2, "P2");
+        // Committed at 100, 101 (the rights change), 102, 103; the worker sends the change first.
+        hub.deliver(batch(&[(1, 100, 0, 1, "e100")]));
+        let d = hub.deliver(rights_batch(101, "p:P1"));
+        assert_eq!(d.rights, 1, "only the connection filed under P1");
+        assert!(a.take_rights_flag());
+        assert!(!b.take_rights_flag());
+        hub.deliver(batch(&[(1, 101, 0, 1, "e101"), (1, 102, 0, 1, "e102")]));
+        hub.deliver(batch(&[(1, 103, 0, 1, "e103")]));
+        assert_eq!(drained(&a), ["e100", "e101"], "up to the change, not after");
+        assert_eq!(drained(&b), ["e100", "e101", "e102", "e103"]);
+        // Same query after the re-evaluation: the held events follow, in order.
+        assert_eq!(hub.rights.take_cut(1), Some(101));
+        hub.release(QueryId(1), ka, None);
+        assert_eq!(drained(&a), ["e102", "e103"]);
+        hub.deliver(batch(&[(1, 104, 0, 1, "e104")]));
+        assert_eq!(drained(&a), ["e104"]);
+        // The same change announced again (another worker) touches nobody.
+        assert_eq!(hub.deliver(rights_batch(101, "p:P1")).rights, 0);
+    }
+
+    #[test]
+    fn a_release_keeps_a_later_change_cut() {
+        let hub = Hub::default();
+        let (a, ka) = live(&hub, 1, 1, "P1");
+        hub.deliver(rights_batch(10, "p:P1"));
+        assert_eq!(hub.rights.take_cut(1), Some(10));
+        // While the first re-evaluation runs, a second change commits at 12.
+        hub.deliver(rights_batch(12, "r:R"));
+        hub.deliver(batch(&[
+            (1, 11, 0, 1, "e11"),
+            (1, 12, 0, 1, "e12"),
+            (1, 13, 0, 1, "e13"),
+        ]));
+        assert!(drained(&a).is_empty());
+        hub.release(QueryId(1), ka, hub.rights.pending_cut(1));
+        assert_eq!(drained(&a), ["e11", "e12"], "up to the second change");
+        assert_eq!(hub.rights.take_cut(1), Some(12));
+        hub.release(QueryId(1), ka, None);
+        assert_eq!(drained(&a), ["e13"]);
+    }
+
+    #[test]
+    fn a_subscriber_moved_to_a_query_gets_its_events_after_the_change_once_in_order() {
+        let hub = Hub::default();
+        // Query 2 is already live here for another connection, which got 105 and 106.
+        let (other, _) = live(&hub, 2, 9, "P9");
+        let (a, ka) = live(&hub, 1, 1, "P1");
+        hub.deliver(rights_batch(100, "p:P1"));
+        hub.deliver(batch(&[(1, 104, 0, 1, "old104")]));
+        hub.deliver(batch(&[(2, 105, 0, 1, "new105"), (2, 106, 0, 1, "new106")]));
+        assert!(drained(&a).is_empty(), "held: after the change");
+        assert_eq!(drained(&other), ["new105", "new106"]);
+        // The re-evaluation moves it to query 2 with a replay from 100.
+        assert_eq!(hub.rights.take_cut(1), Some(100));
+        hub.rights.detach_sub(1, QueryId(1), ka);
+        assert!(
+            hub.detach(QueryId(1), ka),
+            "its old query's last subscriber here"
+        );
+        let req = ReplayRequest {
+            from: 100,
+            token: 77,
+        };
+        let new_here = hub.rights.attach_sub(1, QueryId(2), ka, |cut| {
+            hub.attach_rebinding(
+                QueryId(2),
+                "{}".into(),
+                ka,
+                a.clone(),
+                Bytes::new(),
+                req,
+                cut,
+            )
+        });
+        assert!(!new_here);
+        // A live event overtakes the replay; then the replay re-sends 99 (before the change), 105, 106.
+        hub.deliver(batch(&[(2, 107, 0, 1, "new107")]));
+        hub.deliver(batch(&[
+            (2, 99, 0, 1, "new99"),
+            (2, 105, 0, 1, "new105"),
+            (2, 106, 0, 1, "new106"),
+        ]));
+        assert!(drained(&a).is_empty(), "nothing until the replay ends");
+        assert_eq!(drained(&other), ["new107"], "the others see no repeats");
+        hub.deliver(replay_done(
+            2,
+            ReplayRequest {
+                from: 100,
+                token: 5,
+            },
+        ));
+        assert!(drained(&a).is_empty(), "another request's end");
+        hub.deliver(replay_done(2, req));
+        assert_eq!(drained(&a), ["new105", "new106", "new107"]);
+        hub.deliver(batch(&[(2, 108, 0, 1, "new108")]));
+        assert_eq!(drained(&a), ["new108"]);
+        assert_eq!(drained(&other), ["new108"]);
+    }
+
+    #[test]
+    fn a_change_before_the_init_is_written_holds_the_buffered_events_after_it() {
+        let hub = Hub::default();
+        let o = Arc::new(Outbox::new(1 << 20));
+        let k = SubKey { conn: 1, sub: 1 };
+        hub.rights.set_identity(1, &o, &acct("u1", "P1"));
+        hub.rights.attach_sub(1, QueryId(1), k, |cut| {
+            hub.attach_with_cut(QueryId(1), "{}".into(), 0, k, o.clone(), Bytes::new(), cut)
+        });
+        hub.deliver(batch(&[(1, 10, 0, 1, "e10")]));
+        hub.deliver(rights_batch(11, "u:u1"));
+        hub.deliver(batch(&[(1, 12, 0, 1, "e12")]));
+        let now: Vec<Bytes> = hub
+            .activate(QueryId(1), k, None, 0)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(now, [Bytes::from_static(b"e10")]);
+        hub.release(QueryId(1), k, None);
+        assert_eq!(drained(&o), ["e12"]);
     }
 }

@@ -15,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod outbox;
 pub mod registrar;
+pub mod rights;
 pub mod server;
 pub mod session;
 pub mod state;

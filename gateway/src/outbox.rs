@@ -32,6 +32,8 @@ pub struct Outbox {
     frames: Mutex<(VecDeque<Queued>, usize)>,
     pub notify: Notify,
     overflowed: AtomicBool,
+    /// A rights change touched this connection (`crate::rights`): re-evaluate its subscriptions.
+    rights_changed: AtomicBool,
     limit: usize,
 }
 
@@ -41,6 +43,7 @@ impl Outbox {
             frames: Mutex::new((VecDeque::new(), 0)),
             notify: Notify::new(),
             overflowed: AtomicBool::new(false),
+            rights_changed: AtomicBool::new(false),
             limit,
         }
     }
@@ -80,6 +83,17 @@ impl Outbox {
             crate::telemetry::slow_consumer();
         }
         self.notify.notify_one();
+    }
+
+    /// Tell the socket task its rights may have changed.
+    pub fn flag_rights(&self) {
+        self.rights_changed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether a rights change was flagged since the last call.
+    pub fn take_rights_flag(&self) -> bool {
+        self.rights_changed.swap(false, Ordering::AcqRel)
     }
 
     pub fn overflowed(&self) -> bool {

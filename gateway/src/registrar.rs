@@ -115,6 +115,19 @@ impl Registrar {
         self.register_request(hub, id, def_json, replay).await
     }
 
+    /// Register this gateway for a query with the replay `request` (made by [`Registrar::replay_request`]),
+    /// whose replay-done entry a subscriber is waiting for.
+    pub async fn register_replay(
+        &self,
+        hub: &Hub,
+        id: QueryId,
+        def_json: &str,
+        request: ReplayRequest,
+    ) -> redis::RedisResult<()> {
+        self.register_request(hub, id, def_json, Replay::From(request))
+            .await
+    }
+
     /// Register without a replay: events from whenever the owning worker applies it.
     pub async fn register_live(
         &self,

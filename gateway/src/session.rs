@@ -349,6 +349,26 @@ impl<S> Session<S> {
         actions
     }
 
+    /// The connection's credentials stopped being valid while it was open (the user was suspended or
+    /// deleted, its static token or session removed; `crate::rights`). Like a failed `auth`: an
+    /// AUTH_FAILED error, then a close unless the mode is public, where the connection goes on with the
+    /// public policies (the socket task has already moved its subscriptions to them).
+    pub fn on_revoked(&mut self, cfg: &SessionConfig) -> Vec<Action<S>> {
+        self.authenticated = false;
+        self.expires_at = None;
+        self.reauth_deadline = None;
+        let mut actions = vec![error(
+            "auth",
+            ErrorCode::AuthFailed,
+            protocol::MSG_AUTH_FAILED,
+            None,
+        )];
+        if cfg.mode != AuthMode::Public {
+            actions.push(Action::Close(CloseReason::AuthFailed));
+        }
+        actions
+    }
+
     /// The result of an [`Action::Authenticate`]. On success the socket task has already replaced the
     /// identity; `expires_at` is the new token's expiry.
     pub fn on_auth(

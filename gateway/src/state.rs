@@ -53,7 +53,8 @@ impl AppState {
         shutdown: tokio::sync::watch::Receiver<bool>,
         metrics: Option<common_io::telemetry::Metrics>,
     ) -> AppState {
-        let auth = AuthService::new(pool.clone(), config.auth_settings());
+        let epoch = Arc::new(crate::rights::Epoch::default());
+        let auth = AuthService::new(pool.clone(), config.auth_settings(), epoch.clone());
         let rest_session = SessionConfig {
             mode: config.ws.rest_auth,
             auth_timeout: config.ws.rest_auth_timeout,
@@ -70,7 +71,7 @@ impl AppState {
             schema,
             auth,
             rest_session,
-            hub: Arc::new(Hub::default()),
+            hub: Arc::new(Hub::new(epoch)),
             registrar,
             next_conn: AtomicU64::new(1),
             rest_connections: AtomicUsize::new(0),

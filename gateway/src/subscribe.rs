@@ -236,15 +236,19 @@ pub async fn subscribe(
         .get(0);
     let from = parse_lsn_text(&before)?.saturating_sub(state.config.replay_lookback);
     let def: Arc<str> = query.canonical_json().into();
-    if state.hub.attach(
-        id,
-        def.clone(),
-        from,
-        key,
-        ctx.outbox.clone(),
-        suffix.clone(),
-    ) && let Err(e) = state.registrar.register(&state.hub, id, &def, from).await
-    {
+    // Through the rights registry: a rights change applied meanwhile cuts this subscriber too.
+    let new_here = state.hub.rights.attach_sub(ctx.conn, id, key, |cut| {
+        state.hub.attach_with_cut(
+            id,
+            def.clone(),
+            from,
+            key,
+            ctx.outbox.clone(),
+            suffix.clone(),
+            cut,
+        )
+    });
+    if new_here && let Err(e) = state.registrar.register(&state.hub, id, &def, from).await {
         tracing::warn!(error = %e, "registering a query failed");
         detach(state, id, key);
         return Err(service_error(
@@ -312,6 +316,7 @@ pub async fn subscribe(
 
 /// Remove a subscriber from the hub; unregister the query in the background if it was the last one here.
 pub fn detach(state: &AppState, id: QueryId, key: SubKey) {
+    state.hub.rights.detach_sub(key.conn, id, key);
     if state.hub.detach(id, key) {
         let registrar = state.registrar.clone();
         let hub = state.hub.clone();

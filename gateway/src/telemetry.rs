@@ -60,6 +60,8 @@ pub enum CloseReason {
     TooBig,
     /// The gateway is shutting down (1012).
     Shutdown,
+    /// A dependency failed where going on could be unsafe (1011).
+    Unavailable,
 }
 
 impl CloseReason {
@@ -74,6 +76,7 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::TooBig => "too_big",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Unavailable => "unavailable",
         }
     }
 }
@@ -151,6 +154,22 @@ pub fn auth_failure(method: &'static str) {
 /// A refused WebSocket upgrade: `unauthorized`, `conn_limit`, `draining` or `unavailable`.
 pub fn upgrade_rejected(reason: &'static str) {
     counter!("realtime_gateway_upgrades_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A rights change was applied (`crate::rights`), touching `connections` connections here.
+pub fn rights_change(connections: usize) {
+    counter!("realtime_gateway_rights_changes_total").increment(1);
+    counter!("realtime_gateway_rights_connections_touched_total").increment(connections as u64);
+}
+
+/// One connection's rights were checked again after a change, in `took`.
+pub fn rights_reevaluated(took: std::time::Duration) {
+    histogram!("realtime_gateway_rights_reevaluation_seconds").record(took.as_secs_f64());
+}
+
+/// A subscription was ended because the connection's rights no longer allow it.
+pub fn subscription_revoked() {
+    counter!("realtime_gateway_subscriptions_revoked_total").increment(1);
 }
 
 pub fn slow_consumer() {

@@ -8,7 +8,7 @@
 #![no_main]
 
 use common::delivery::{
-    Entry, EntryKind, append_entry, append_replay_done, decode_batch, encode_batch, start_batch,
+    Entry, EntryKind, append_entry, append_replay_done, append_rights, decode_batch, encode_batch, start_batch,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -72,6 +72,10 @@ fuzz_target!(|data: &[u8]| {
                 append_replay_done(&mut inc, e.query, e.pos, &e.body)
             }
             EntryKind::ReplayDone => expressible = false,
+            EntryKind::Rights if e.query.0 == 0 => {
+                append_rights(&mut inc, e.pos, e.xid, e.commit_time, &e.body)
+            }
+            EntryKind::Rights => expressible = false,
         }
     }
     if expressible {

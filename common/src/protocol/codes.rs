@@ -66,6 +66,12 @@ pub const MSG_DATABASE_UNAVAILABLE: &str =
     "Service unavailable: the database did not answer. Retry shortly.";
 pub const MSG_REDIS_UNAVAILABLE: &str = "Service unavailable: Redis did not answer. Retry shortly.";
 pub const MSG_SNAPSHOT_TIMEOUT: &str = "Service unavailable: the snapshot query timed out.";
+/// Our own: a read permission the subscription depends on cannot be used (its filter does not parse).
+pub fn msg_broken_permission(collection: &str, reason: &str) -> String {
+    format!(
+        "A read permission of collection \"{collection}\" has an invalid filter ({reason}); ask an administrator to fix it."
+    )
+}
 
 /// Where a forbidden collection or field was queried: `root`, or the relational path in quotes.
 fn queried_in(path: &str) -> String {
@@ -147,6 +153,8 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     /// A message above `REALTIME_MAX_MESSAGE_BYTES`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server could not go on safely (the database did not answer a rights re-check): reconnect.
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// The server is draining (shutdown or redeploy): reconnect, preferably to another node.
     pub const SERVICE_RESTART: u16 = 1012;
     /// The client did not read fast enough and its send queue passed `REALTIME_SEND_BUFFER_BYTES`:

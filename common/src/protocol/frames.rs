@@ -134,6 +134,32 @@ pub fn unsubscribe_frame(uid: Option<&Uid>) -> Vec<u8> {
     })
 }
 
+#[derive(serde::Serialize)]
+struct Revoked<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event: &'static str,
+    error: ErrorBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a Uid>,
+}
+
+/// `{"type":"subscription","event":"unsubscribe","error":{"code":…,"message":…}[,"uid":<raw>]}`: the
+/// server ended one subscription (its rights no longer allow it). Not a `subscribe` error, which
+/// `@directus/sdk` throws into *every* open subscription of the client: this frame carries the uid, so
+/// the SDK hands it to that subscription only, as it does the unsubscribe confirmation.
+pub fn revoked_frame(uid: Option<&Uid>, error: &RealtimeError) -> Vec<u8> {
+    to_frame(&Revoked {
+        kind: "subscription",
+        event: "unsubscribe",
+        error: ErrorBody {
+            code: error.code.code(),
+            message: &error.message,
+        },
+        uid,
+    })
+}
+
 /// Write `,"uid":"<String(uid)>"}` (or just `}`): the per-subscriber end of a subscription message.
 pub fn write_subscription_suffix(out: &mut Vec<u8>, uid: Option<&str>) {
     if let Some(uid) = uid {

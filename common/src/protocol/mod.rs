@@ -24,12 +24,13 @@ pub use codes::{
     ErrorCode, MSG_AUTH_FAILED, MSG_AUTH_TIMEOUT, MSG_DATABASE_UNAVAILABLE, MSG_FORBIDDEN,
     MSG_HANDSHAKE_FAILED, MSG_INVALID_COLLECTION, MSG_REDIS_UNAVAILABLE, MSG_SNAPSHOT_TIMEOUT,
     MSG_TOKEN_EXPIRED, MSG_UNPARSEABLE, REASON_EXTENSIONS_UNSUPPORTED, REASON_ITEMS_UNSUPPORTED,
-    close, msg_forbidden_collection, msg_forbidden_fields, msg_invalid_payload,
-    msg_requests_exceeded, msg_too_many_subscriptions, reason_item_subscription,
+    close, msg_broken_permission, msg_forbidden_collection, msg_forbidden_fields,
+    msg_invalid_payload, msg_requests_exceeded, msg_too_many_subscriptions,
+    reason_item_subscription,
 };
 pub use frames::{
     ErrorReply, PING_FRAME, auth_ok_frame, error_frame, event_body, event_head, init_frame,
-    pong_frame, unsubscribe_frame, write_subscription_suffix,
+    pong_frame, revoked_frame, unsubscribe_frame, write_subscription_suffix,
 };
 pub use inbound::{
     ClientMessage, Credentials, Rejection, StoredRequest, SubscribeRequest, is_valid_email,

@@ -521,6 +521,14 @@ fn uid_echo_rules() {
         s(unsubscribe_frame(Some(&num))),
         r#"{"type":"subscription","event":"unsubscribe","uid":1}"#
     );
+    let forbidden = crate::error::RealtimeError::new(
+        ErrorCode::Forbidden,
+        msg_forbidden_collection("articles", ""),
+    );
+    assert_eq!(
+        s(revoked_frame(Some(&Uid::Str("a\"b".into())), &forbidden)),
+        r#"{"type":"subscription","event":"unsubscribe","error":{"code":"FORBIDDEN","message":"You don't have permission to access collection \"articles\" or it does not exist. Queried in root."},"uid":"a\"b"}"#
+    );
     assert_eq!(
         s(init_frame(Some(b"[]"), None, Some("1"))),
         r#"{"type":"subscription","event":"init","data":[],"uid":"1"}"#

@@ -13,7 +13,7 @@ use common::value::Kind;
 use std::collections::{HashMap, HashSet};
 
 /// Text that replaces a masked column's value.
-pub const MASK: &str = "**********";
+pub use common::change::MASK;
 
 #[derive(Debug, Clone)]
 pub struct AssemblerConfig {

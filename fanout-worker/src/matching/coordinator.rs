@@ -24,7 +24,7 @@ use super::index::{Index, Slot};
 use super::matcher::{Frame, Scope, match_chunk};
 use common::change::{StreamId, TxChunk};
 use common::ctl::{self, CtlEntry, CtlError, RegField, ReplayRequest};
-use common::delivery::{Position, append_entry, append_replay_done};
+use common::delivery::{Position, append_entry, append_replay_done, append_rights};
 use common::normalize::{NormalizedQuery, QueryId};
 use common::shard::shard_of;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -139,6 +139,22 @@ impl Outgoing {
             chunk.commit_time,
             &f.data,
         );
+    }
+
+    /// A rights entry for `chunk` (which touched `deps`) to every gateway in `gateways`.
+    fn rights(&mut self, gateways: &[Arc<str>], chunk: &TxChunk, deps: &[u8]) {
+        let pos = Position {
+            lsn: chunk.lsn,
+            seq: chunk.seq,
+            idx: 0,
+        };
+        for gw in gateways {
+            let msg = self
+                .msgs
+                .entry(gw.clone())
+                .or_insert_with(common::delivery::start_batch);
+            append_rights(msg, pos, chunk.xid, chunk.commit_time, deps);
+        }
     }
 }
 
@@ -335,6 +351,7 @@ impl Coordinator {
         let Some(chunk) = chunk else {
             return 0;
         };
+        self.announce_rights(chunk, |_| true);
         let mut frames = std::mem::take(&mut self.frames);
         frames.clear();
         match_chunk(
@@ -352,6 +369,23 @@ impl Coordinator {
         }
         self.frames = frames;
         chunk.changes.len()
+    }
+
+    /// A chunk that changed rights is announced to the gateways `to` keeps, ahead of every event
+    /// matched after it, so a gateway knows of the change before any later event arrives from here.
+    fn announce_rights(&mut self, chunk: &TxChunk, to: impl Fn(&Arc<str>) -> bool) {
+        let deps = common::rights::chunk_deps(chunk, &self.schema);
+        if deps.is_empty() {
+            return;
+        }
+        let gateways: Vec<Arc<str>> = self
+            .index
+            .gateways()
+            .into_iter()
+            .filter(|g| to(g))
+            .collect();
+        self.out
+            .rights(&gateways, chunk, &common::rights::encode_deps(&deps));
     }
 
     /// Take every queued replay into one pass.
@@ -428,6 +462,26 @@ impl Coordinator {
                     .get(&slot)
                     .is_some_and(|rs| rs.iter().any(|(f, t, _)| within(at, (*f, *t))))
         };
+        let replayed_for: std::collections::HashSet<&str> = pass
+            .query_ranges
+            .values()
+            .flatten()
+            .filter(|(f, t, _)| within(at, (*f, *t)))
+            .map(|(_, _, gw)| &**gw)
+            .collect();
+        let shard_gateways: std::collections::HashSet<Arc<str>> = if shards.is_empty() {
+            Default::default()
+        } else {
+            pass.shard_of_slot
+                .iter()
+                .filter(|(_, n)| shards.contains(n))
+                .filter_map(|(slot, _)| self.index.get(*slot))
+                .flat_map(|e| e.gateways.iter().cloned())
+                .collect()
+        };
+        self.announce_rights(chunk, |gw| {
+            replayed_for.contains(&**gw) || shard_gateways.contains(gw)
+        });
         let mut frames = std::mem::take(&mut self.frames);
         frames.clear();
         match_chunk(

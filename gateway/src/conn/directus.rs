@@ -6,8 +6,8 @@
 //! changes. Events are framed with the protocol's static head per kind and the subscriber's uid suffix.
 
 use super::{Conn, Io, Protocol};
-use crate::auth::{Accountability, AuthError, Authenticated, ClientInfo};
-use crate::session::{Action, AuthPurpose, Session, subscription_refused};
+use crate::auth::{Accountability, AuthError, Authenticated, ClientInfo, Proof};
+use crate::session::{Action, AuthPurpose, Session};
 use crate::state::AppState;
 use crate::subscribe::{ActiveSub, SubCtx, Subscribed, detach, reauthorize, subscribe};
 use crate::telemetry::{self, AuthState};
@@ -37,6 +37,15 @@ pub enum Done {
     },
     /// New normalisations of the subscriptions for a changed identity, by uid.
     Reauthorized(Vec<Reauthorized>),
+    /// A rights change at commit LSN `at` touched the connection: its identity checked again (or why
+    /// it no longer holds) and its subscriptions normalised for it.
+    Reevaluated {
+        at: u64,
+        identity: Result<(Arc<Accountability>, Proof), AuthError>,
+        /// The credentials were revoked and the connection goes on as the public role.
+        revoked: bool,
+        results: Vec<Reauthorized>,
+    },
 }
 
 /// How the connection was admitted at the HTTP upgrade.
@@ -55,8 +64,12 @@ pub struct Directus {
     acct: Arc<Accountability>,
     public: Arc<Accountability>,
     client: ClientInfo,
+    /// What the identity rests on (checked again when a rights change touches it).
+    proof: Proof,
     /// The identity changed while another operation ran: re-authorise subscriptions after it.
     reauth_needed: bool,
+    /// Filed in the rights registry (done on the first idle turn, when the connection id is known).
+    filed: bool,
 }
 
 fn instant_for(epoch_secs: i64) -> Instant {
@@ -87,13 +100,19 @@ pub async fn serve(
         .as_ref()
         .map(|t| t.accountability.clone())
         .unwrap_or_else(|| admission.public.clone());
+    let proof = admission
+        .token
+        .as_ref()
+        .map_or(Proof::Public, |t| t.proof.clone());
     let proto = Directus {
         session: Session::new(&state.rest_session, now, token_expiry),
         next_sub: 0,
         acct,
         public: admission.public,
         client: admission.client,
+        proof,
         reauth_needed: false,
+        filed: false,
     };
     let conn = Conn::new(state, stream, leftover, proto);
     let span = tracing::info_span!(
@@ -130,6 +149,7 @@ impl Protocol for Directus {
                 let outcome = match result {
                     Ok(auth) => {
                         let expires = auth.expires_at.map(instant_for);
+                        self.proof = auth.proof.clone();
                         self.set_identity(io, auth.accountability.clone());
                         Ok((expires, auth.refresh_token))
                     }
@@ -169,6 +189,12 @@ impl Protocol for Directus {
                 }
             },
             Done::Reauthorized(results) => self.on_reauthorized(io, results),
+            Done::Reevaluated {
+                at,
+                identity,
+                revoked,
+                results,
+            } => self.on_reevaluated(io, at, identity, revoked, results),
         }
     }
 
@@ -182,8 +208,18 @@ impl Protocol for Directus {
     }
 
     fn on_idle(&mut self, io: &mut Io<Self>) {
+        if !self.filed {
+            self.filed = true;
+            io.state
+                .hub
+                .rights
+                .set_identity(io.id, io.outbox(), &self.acct);
+        }
         if self.reauth_needed {
             self.start_reauthorization(io);
+        } else if io.outbox().take_rights_flag() || io.state.hub.rights.pending_cut(io.id).is_some()
+        {
+            self.start_reevaluation(io);
         }
     }
 
@@ -202,6 +238,7 @@ impl Protocol for Directus {
         for sub in self.session.take_all() {
             detach(&io.state, sub.id, sub.key);
         }
+        io.state.hub.rights.remove(io.id);
     }
 
     fn auth_state(&self) -> AuthState {
@@ -317,6 +354,10 @@ impl Directus {
     /// them again for it (they may lose rows, fields, or access altogether).
     fn set_identity(&mut self, io: &mut Io<Self>, acct: Arc<Accountability>) {
         let changed = *self.acct != *acct;
+        if Arc::ptr_eq(&acct, &self.public) {
+            self.proof = Proof::Public;
+        }
+        io.state.hub.rights.set_identity(io.id, io.outbox(), &acct);
         self.acct = acct;
         if changed && !self.session.subscriptions().is_empty() {
             for sub in self.session.subscriptions() {
@@ -362,11 +403,12 @@ impl Directus {
                     let (id, key, suffix) = (sub.data.id, sub.data.key, sub.data.suffix.clone());
                     let def: Arc<str> = query.canonical_json().into();
                     // No snapshot is re-sent (Directus sends none either): events continue from now.
-                    if io
-                        .state
-                        .hub
-                        .attach(id, def.clone(), 0, key, io.outbox().clone(), suffix)
-                    {
+                    let outbox = io.outbox().clone();
+                    let hub = &io.state.hub;
+                    let new_here = hub.rights.attach_sub(io.id, id, key, |cut| {
+                        hub.attach_with_cut(id, def.clone(), 0, key, outbox, suffix, cut)
+                    });
+                    if new_here {
                         let registrar = io.state.registrar.clone();
                         let hub = io.state.hub.clone();
                         tokio::spawn(async move {
@@ -378,12 +420,177 @@ impl Directus {
                     io.state.hub.activate(id, key, None, 0);
                 }
                 Err(e) => {
+                    Self::send_revoked(io, &uid, &e);
                     denied.push(uid);
-                    Self::send_error(io, &subscription_refused(e));
                 }
             }
         }
         // Subscriptions the new identity may not have end here (their uid can be reused).
         self.session.remove_where(|s| denied.contains(&s.uid));
+    }
+
+    /// End one subscription the connection's rights no longer allow, with a frame `@directus/sdk` hands
+    /// to that subscription only (`protocol::revoked_frame`); the others keep running.
+    fn send_revoked(io: &mut Io<Self>, uid: &str, e: &RealtimeError) {
+        telemetry::protocol_error(e.code.code());
+        telemetry::subscription_revoked();
+        io.send(&protocol::revoked_frame(Some(&Uid::Str(uid.to_owned())), e));
+    }
+
+    /// Check the identity again and normalise every subscription for it, from the connection's pending
+    /// rights cut (`crate::rights`).
+    fn start_reevaluation(&mut self, io: &mut Io<Self>) {
+        let Some(at) = io.state.hub.rights.take_cut(io.id) else {
+            return;
+        };
+        let state = io.state.clone();
+        let acct = self.acct.clone();
+        let proof = self.proof.clone();
+        let public_mode = state.rest_session.mode == crate::config::AuthMode::Public;
+        let subs: Vec<(String, common::protocol::SubscribeRequest)> = self
+            .session
+            .subscriptions()
+            .iter()
+            .map(|s| (s.uid.clone(), s.data.request.request()))
+            .collect();
+        let started = Instant::now();
+        io.start(async move {
+            let mut revoked = false;
+            let identity = match state.auth.recheck(&acct, &proof).await {
+                Ok(a) => Ok((Arc::new(a), proof)),
+                Err(AuthError::Unavailable(e)) => Err(AuthError::Unavailable(e)),
+                Err(e) if public_mode => {
+                    tracing::info!(error = %e, "credentials revoked: the connection goes on as the public role");
+                    revoked = true;
+                    state
+                        .auth
+                        .recheck(&acct_public(&acct), &Proof::Public)
+                        .await
+                        .map(|a| (Arc::new(a), Proof::Public))
+                }
+                Err(e) => Err(e),
+            };
+            let mut results = Vec::with_capacity(subs.len());
+            if let Ok((acct, _)) = &identity {
+                for (uid, req) in subs {
+                    results.push((uid, reauthorize(&state, acct, &req).await));
+                }
+            }
+            telemetry::rights_reevaluated(started.elapsed());
+            Done::Reevaluated {
+                at,
+                identity,
+                revoked,
+                results,
+            }
+        });
+    }
+
+    fn on_reevaluated(
+        &mut self,
+        io: &mut Io<Self>,
+        at: u64,
+        identity: Result<(Arc<Accountability>, Proof), AuthError>,
+        revoked: bool,
+        results: Vec<Reauthorized>,
+    ) {
+        let (acct, proof) = match identity {
+            Ok(v) => v,
+            Err(AuthError::Unavailable(e)) => {
+                // Nothing can be decided without the database; the held events must not go out under
+                // the old rights. The client reconnects and starts over with a fresh init.
+                tracing::warn!(conn = io.id, error = %e, "rights re-check failed; closing the connection");
+                io.close(
+                    Some(close::INTERNAL_ERROR),
+                    "rights could not be re-checked",
+                    crate::telemetry::CloseReason::Unavailable,
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::info!(conn = io.id, error = %e, "credentials revoked; closing the connection");
+                let actions = self.session.on_revoked(&io.state.rest_session);
+                self.apply(io, actions);
+                return;
+            }
+        };
+        if revoked {
+            let actions = self.session.on_revoked(&io.state.rest_session);
+            self.apply(io, actions);
+        }
+        self.proof = proof;
+        io.state.hub.rights.set_identity(io.id, io.outbox(), &acct);
+        self.acct = acct;
+        let state = io.state.clone();
+        let hub = &state.hub;
+        // A change that arrived while this ran stays cut; it is evaluated next.
+        let still_cut = hub.rights.pending_cut(io.id);
+        let mut denied = Vec::new();
+        for (uid, result) in results {
+            let Some(sub) = self
+                .session
+                .subscriptions_mut()
+                .iter_mut()
+                .find(|s| s.uid == uid)
+            else {
+                continue;
+            };
+            let (old, key, suffix) = (sub.data.id, sub.data.key, sub.data.suffix.clone());
+            match result {
+                Ok(query) if query.id() == old => hub.release(old, key, still_cut),
+                Ok(query) => {
+                    // New filter or fields: this query's events after the change, from a replay.
+                    let id = query.id();
+                    sub.data.id = id;
+                    detach(&state, old, key);
+                    let def: Arc<str> = query.canonical_json().into();
+                    let request = state.registrar.replay_request(at);
+                    let outbox = io.outbox().clone();
+                    hub.rights.attach_sub(io.id, id, key, |cut| {
+                        hub.attach_rebinding(
+                            id,
+                            def.clone(),
+                            key,
+                            outbox.clone(),
+                            suffix,
+                            request,
+                            cut.or(still_cut),
+                        )
+                    });
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = state
+                            .registrar
+                            .register_replay(&state.hub, id, &def, request)
+                            .await
+                        {
+                            // Its replay would never end: close rather than leave it waiting.
+                            tracing::warn!(error = %e, "re-registering after a rights change failed");
+                            outbox.force_overflow();
+                        }
+                    });
+                }
+                Err(e) => {
+                    detach(&state, old, key);
+                    Self::send_revoked(io, &uid, &e);
+                    denied.push(uid);
+                }
+            }
+        }
+        self.session.remove_where(|s| denied.contains(&s.uid));
+    }
+}
+
+/// The public identity at the same client address as `acct`.
+fn acct_public(acct: &Accountability) -> Accountability {
+    Accountability {
+        user: None,
+        role: None,
+        roles: Vec::new(),
+        admin: false,
+        app: false,
+        policies: Vec::new(),
+        considered: Vec::new(),
+        ip: acct.ip,
     }
 }

@@ -462,3 +462,34 @@ fn rate_limit() {
             .is_empty()
     );
 }
+
+#[test]
+fn revoked_credentials_fail_like_auth_and_close_unless_public() {
+    let t0 = Instant::now();
+    for (mode, closed) in [
+        (AuthMode::Handshake, true),
+        (AuthMode::Strict, true),
+        (AuthMode::Public, false),
+    ] {
+        let c = cfg(mode);
+        let mut s = S::new(&c, t0, Some(Some(t0 + Duration::from_secs(60))));
+        assert!(s.is_authenticated());
+        let a = s.on_revoked(&c);
+        assert_eq!(
+            sent(&a),
+            vec![
+                json!({"type":"auth","status":"error","error":{"code":"AUTH_FAILED","message":"Authentication failed."}})
+            ]
+        );
+        assert_eq!(closes(&a), closed, "{mode:?}");
+        assert!(!s.is_authenticated());
+        // The token's expiry no longer applies: no TOKEN_EXPIRED later.
+        let later = s.on_timer(&c, t0 + Duration::from_secs(61));
+        assert!(
+            sent(&later)
+                .iter()
+                .all(|f| f["error"]["code"] != "TOKEN_EXPIRED"),
+            "{mode:?}"
+        );
+    }
+}

@@ -420,3 +420,83 @@ fn a_message_over_the_budget_asks_to_be_published() {
     assert_eq!(m.frames, lsn - 200);
     assert!(!c.over_budget());
 }
+
+/// A transaction that edits a read permission of policy `policy`, committed at `lsn`.
+fn permission_edit(lsn: u64, policy: &str) -> TxChunk {
+    let col = |name: &str, key: bool| RelColumn {
+        name: name.into(),
+        kind: Kind::Text,
+        key,
+    };
+    TxChunk {
+        lsn,
+        end_lsn: lsn + 1,
+        xid: lsn as u32,
+        commit_time: 0,
+        seq: 0,
+        last: true,
+        relations: vec![Relation {
+            id: 7,
+            schema: "public".into(),
+            table: "directus_permissions".into(),
+            identity: 'f',
+            columns: vec![col("id", true), col("policy", false), col("action", false)],
+        }],
+        changes: vec![Change::Insert {
+            rel: 7,
+            new: vec![
+                Cell::Text("1".into()),
+                Cell::Text(policy.into()),
+                Cell::Text("read".into()),
+            ],
+        }],
+    }
+}
+
+#[test]
+fn a_rights_change_reaches_every_gateway_ahead_of_later_events_and_in_replays() {
+    let (q1, q2) = (query(1), query(2));
+    let mut c = owning_all(100);
+    c.apply_ctl(id(11), Ok(register(&q1, "gw-a", ctl::Replay::Live)));
+    c.apply_ctl(id(12), Ok(register(&q2, "gw-b", ctl::Replay::Live)));
+    c.match_live(id(101), Some(&permission_edit(101, "P1")));
+    c.match_live(id(102), Some(&insert(102, 1, 1)));
+    let out = sent(&mut c);
+    assert_eq!(
+        out["gw-a"],
+        [
+            (EntryKind::Rights, 101, "p:P1".to_owned()),
+            (
+                EntryKind::Event(EventKind::Create),
+                102,
+                "[{\"id\":1,\"grp\":1}]".to_owned()
+            ),
+        ],
+        "the rights entry comes first, with the deps the change touched"
+    );
+    assert_eq!(
+        lsns(&out["gw-b"]),
+        [(EntryKind::Rights, 101)],
+        "a gateway with nothing matched still hears of it"
+    );
+    // A replay over the same commit announces it again to the gateway it replays for (gateways
+    // drop what they already applied), ahead of the replayed events.
+    c.apply_ctl(id(13), Ok(register(&q1, "gw-c", from(100, 5))));
+    let pass = c.start_replays().expect("queued");
+    c.replay_chunk(&pass, id(101), &permission_edit(101, "P1"));
+    c.replay_chunk(&pass, id(102), &insert(102, 1, 1));
+    c.finish_replays(pass);
+    let out = sent(&mut c);
+    assert_eq!(
+        lsns(&out["gw-c"]),
+        [
+            (EntryKind::Rights, 101),
+            (EntryKind::Event(EventKind::Create), 102),
+            (EntryKind::ReplayDone, 102),
+        ]
+    );
+    assert!(!out.contains_key("gw-b"), "not replayed for gw-b");
+    // An ordinary transaction announces nothing.
+    c.match_live(id(103), Some(&insert(103, 5, 9)));
+    assert!(sent(&mut c).is_empty());
+}

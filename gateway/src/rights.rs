@@ -1,0 +1,292 @@
+//! Rights that follow changes: which live connections a committed change to the access tables touches,
+//! and the cut that keeps their events in commit order around it.
+//!
+//! Each connection is filed under the [`Dep`]s its identity was computed from (its user, its roles, the
+//! policies its access rows name, or the public policies). A worker announces every transaction that
+//! changed those tables with a rights entry at the transaction's position, before any event it matched
+//! after it ([`common::rights`]). For each connection filed under a touched dep, [`Rights::apply`]:
+//! 1. *cuts* every subscription of the connection at that position: events committed up to it still go
+//!    out under the rights they were matched with, later ones are held back in the hub;
+//! 2. raises the connection's flag; its socket task re-reads its identity and normalises its
+//!    subscriptions again, then releases the held events (same query), or moves the subscription to its
+//!    new query with a replay from the cut (new filter or fields), or ends it (no longer readable).
+//!
+//! So no event committed after a rights change is delivered under the old rights, and none committed
+//! before it is dropped. A change announced twice (several workers, replays) is applied once.
+//! Work is proportional to the connections a change touches, never to all of them (except a change the
+//! stream does not describe fully, [`Dep::Everyone`]).
+
+use crate::hub::{Hub, SubKey};
+use crate::outbox::Outbox;
+use common::delivery::Position;
+use common::normalize::QueryId;
+pub use common::rights::Dep;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::auth::Accountability;
+
+/// Rights changes remembered to drop repeats (a change is announced by every worker that serves this
+/// gateway, and again by replays over it).
+const SEEN: usize = 4096;
+
+/// Bumped by every rights change: caches of identities and permissions compare it to drop what a
+/// change made stale.
+#[derive(Debug, Default)]
+pub struct Epoch(AtomicU64);
+
+impl Epoch {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// What the registry keeps per connection.
+struct ConnRights {
+    outbox: Arc<Outbox>,
+    acct: Arc<Accountability>,
+    subs: Vec<(QueryId, SubKey)>,
+    /// The earliest rights change not yet taken up by a re-evaluation.
+    cut: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<u64, ConnRights>,
+    by_dep: HashMap<Dep, HashSet<u64>>,
+    seen: HashSet<(u64, u32)>,
+    seen_order: VecDeque<(u64, u32)>,
+}
+
+/// The deps an identity was computed from.
+pub fn deps_of(acct: &Accountability) -> Vec<Dep> {
+    let mut out = Vec::with_capacity(2 + acct.roles.len() + acct.considered.len());
+    if let Some(u) = &acct.user {
+        out.push(Dep::User(u.clone()));
+    }
+    out.extend(acct.roles.iter().cloned().map(Dep::Role));
+    out.extend(acct.considered.iter().cloned().map(Dep::Policy));
+    if acct.roles.is_empty() {
+        out.push(Dep::Public);
+    }
+    out
+}
+
+/// The registry of live connections by what their rights depend on.
+#[derive(Default)]
+pub struct Rights {
+    inner: Mutex<Inner>,
+    pub epoch: Arc<Epoch>,
+}
+
+impl Inner {
+    fn file(&mut self, conn: u64, acct: &Accountability) {
+        for d in deps_of(acct) {
+            self.by_dep.entry(d).or_default().insert(conn);
+        }
+    }
+
+    fn unfile(&mut self, conn: u64, acct: &Accountability) {
+        for d in deps_of(acct) {
+            if let Some(set) = self.by_dep.get_mut(&d) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.by_dep.remove(&d);
+                }
+            }
+        }
+    }
+}
+
+impl Rights {
+    pub fn new(epoch: Arc<Epoch>) -> Rights {
+        Rights {
+            inner: Mutex::default(),
+            epoch,
+        }
+    }
+
+    /// File (or re-file) a connection under its identity's deps.
+    pub fn set_identity(&self, conn: u64, outbox: &Arc<Outbox>, acct: &Arc<Accountability>) {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        match inner.conns.get_mut(&conn) {
+            Some(c) if Arc::ptr_eq(&c.acct, acct) || *c.acct == **acct => {
+                c.acct = acct.clone();
+            }
+            Some(c) => {
+                let old = std::mem::replace(&mut c.acct, acct.clone());
+                inner.unfile(conn, &old);
+                inner.file(conn, acct);
+            }
+            None => {
+                inner.conns.insert(
+                    conn,
+                    ConnRights {
+                        outbox: outbox.clone(),
+                        acct: acct.clone(),
+                        subs: Vec::new(),
+                        cut: None,
+                    },
+                );
+                inner.file(conn, acct);
+            }
+        }
+    }
+
+    /// The connection closed.
+    pub fn remove(&self, conn: u64) {
+        let mut g = self.inner.lock();
+        if let Some(c) = g.conns.remove(&conn) {
+            g.unfile(conn, &c.acct);
+        }
+    }
+
+    /// Record a subscription of `conn` and run `attach` (which adds it to the hub) with the cut it must
+    /// start with, all under the registry's lock: a rights change applied concurrently either sees the
+    /// subscription or is passed to `attach`, never neither.
+    pub fn attach_sub<R>(
+        &self,
+        conn: u64,
+        id: QueryId,
+        key: SubKey,
+        attach: impl FnOnce(Option<u64>) -> R,
+    ) -> R {
+        let mut g = self.inner.lock();
+        let cut = match g.conns.get_mut(&conn) {
+            Some(c) => {
+                c.subs.push((id, key));
+                c.cut
+            }
+            None => None,
+        };
+        attach(cut)
+    }
+
+    /// Forget a subscription of `conn`.
+    pub fn detach_sub(&self, conn: u64, id: QueryId, key: SubKey) {
+        if let Some(c) = self.inner.lock().conns.get_mut(&conn) {
+            c.subs.retain(|s| *s != (id, key));
+        }
+    }
+
+    /// Take the connection's pending cut: the position a re-evaluation starting now applies from.
+    pub fn take_cut(&self, conn: u64) -> Option<u64> {
+        self.inner.lock().conns.get_mut(&conn)?.cut.take()
+    }
+
+    /// The connection's pending cut, if a change arrived since the last [`Rights::take_cut`].
+    pub fn pending_cut(&self, conn: u64) -> Option<u64> {
+        self.inner.lock().conns.get(&conn)?.cut
+    }
+
+    pub fn connections(&self) -> usize {
+        self.inner.lock().conns.len()
+    }
+
+    /// A rights change committed at `pos` touched `deps`: cut the affected connections' subscriptions
+    /// in `hub` and flag the connections. Returns how many connections it touched (none for a repeat).
+    pub fn apply(&self, hub: &Hub, pos: Position, deps: &[Dep]) -> usize {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        if !inner.seen.insert((pos.lsn, pos.seq)) {
+            return 0;
+        }
+        inner.seen_order.push_back((pos.lsn, pos.seq));
+        if inner.seen_order.len() > SEEN
+            && let Some(old) = inner.seen_order.pop_front()
+        {
+            inner.seen.remove(&old);
+        }
+        self.epoch.bump();
+        let mut touched: HashSet<u64> = HashSet::new();
+        if deps.contains(&Dep::Everyone) {
+            touched.extend(inner.conns.keys().copied());
+        } else {
+            for d in deps {
+                if let Some(set) = inner.by_dep.get(d) {
+                    touched.extend(set.iter().copied());
+                }
+            }
+        }
+        for conn in &touched {
+            let Some(c) = inner.conns.get_mut(conn) else {
+                continue;
+            };
+            c.cut = Some(c.cut.map_or(pos.lsn, |at| at.min(pos.lsn)));
+            for (id, key) in &c.subs {
+                hub.cut(*id, *key, pos.lsn);
+            }
+            c.outbox.flag_rights();
+        }
+        crate::telemetry::rights_change(touched.len());
+        touched.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct(user: Option<&str>, roles: &[&str], policies: &[&str]) -> Arc<Accountability> {
+        Arc::new(Accountability {
+            user: user.map(str::to_owned),
+            role: roles.last().map(|r| (*r).to_owned()),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            admin: false,
+            app: false,
+            policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+            considered: policies.iter().map(|p| (*p).to_owned()).collect(),
+            ip: None,
+        })
+    }
+
+    fn pos(lsn: u64) -> Position {
+        Position {
+            lsn,
+            seq: 0,
+            idx: 0,
+        }
+    }
+
+    #[test]
+    fn a_change_touches_the_connections_filed_under_its_deps_once() {
+        let hub = Hub::default();
+        let r = Rights::default();
+        let outboxes: Vec<Arc<Outbox>> = (0..4).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
+        r.set_identity(1, &outboxes[0], &acct(Some("u1"), &["R"], &["P1"]));
+        r.set_identity(2, &outboxes[1], &acct(Some("u2"), &["R"], &["P1", "P2"]));
+        r.set_identity(3, &outboxes[2], &acct(Some("u3"), &["S"], &["P3"]));
+        r.set_identity(4, &outboxes[3], &acct(None, &[], &["PUB"]));
+        let p = |s: &str| Dep::Policy(s.into());
+        assert_eq!(r.apply(&hub, pos(10), &[p("P2")]), 1);
+        assert_eq!(r.pending_cut(2), Some(10));
+        assert!(outboxes[1].take_rights_flag());
+        assert!(!outboxes[0].take_rights_flag());
+        assert_eq!(r.apply(&hub, pos(10), &[p("P2")]), 0, "a repeat is ignored");
+        assert_eq!(r.apply(&hub, pos(11), &[Dep::Role("R".into())]), 2);
+        assert_eq!(r.pending_cut(2), Some(10), "the earliest cut stays");
+        assert_eq!(r.take_cut(1), Some(11));
+        assert_eq!(r.take_cut(1), None);
+        assert_eq!(r.apply(&hub, pos(12), &[Dep::Public]), 1);
+        assert_eq!(r.apply(&hub, pos(13), &[Dep::User("u3".into())]), 1);
+        assert_eq!(r.apply(&hub, pos(14), &[Dep::Everyone]), 4);
+        // Re-filed under a new identity: the old deps no longer reach it.
+        r.set_identity(3, &outboxes[2], &acct(Some("u3"), &["T"], &["P4"]));
+        assert_eq!(r.apply(&hub, pos(15), &[Dep::Role("S".into())]), 0);
+        assert_eq!(r.apply(&hub, pos(16), &[p("P4")]), 1);
+        r.remove(3);
+        assert_eq!(r.apply(&hub, pos(17), &[p("P4")]), 0);
+        assert_eq!(r.connections(), 3);
+        assert!(
+            r.inner.lock().by_dep.get(&p("P4")).is_none(),
+            "empty sets go"
+        );
+    }
+}
