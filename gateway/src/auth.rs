@@ -836,11 +836,16 @@ impl AuthService {
                 }
             })
             .collect();
-        let mut cache = self.permissions.lock();
-        if cache.len() >= PERMISSION_CACHE_MAX {
-            cache.clear();
+        // No access is not cached: a grant committed just before a subscribe must not be refused
+        // because its rights change has not reached this gateway yet. (Granted rules may be stale for
+        // that long; the change then re-evaluates the subscription.)
+        if !rules.is_empty() {
+            let mut cache = self.permissions.lock();
+            if cache.len() >= PERMISSION_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), epoch, rules.clone()));
         }
-        cache.insert(key, (Instant::now(), epoch, rules.clone()));
         Ok(Access::Rules(rules))
     }
 
