@@ -26,3 +26,71 @@ async fn directus_sdk_subscribes_and_gets_init() {
         json!([{"id":1,"title":"Hello realtime","status":"published"},{"id":3,"title":"Release notes","status":"published"}])
     );
 }
+
+/// A subscription whose read permission is removed ends with the unsubscribe frame, which the real SDK
+/// hands to that subscription's iterator only: the client's other subscription keeps receiving.
+#[tokio::test]
+async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
+    use tokio::io::AsyncBufReadExt;
+    let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sql = c.sql().await.unwrap();
+    let u = create_user(&c, "sdk@example.com", "pw", false).await;
+    let p = policy_of(&c, &u).await;
+    grant_read(&c, &p, "articles", None, "*").await;
+    grant_read(&c, &p, "messages", None, "*").await;
+    sql.execute(
+        "UPDATE directus_users SET token = 'sdk-static' WHERE id = $1::text::uuid",
+        &[&u],
+    )
+    .await
+    .unwrap();
+    let dir = testkit::services::node_client_dir().unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg("sdk-revoke.mjs")
+        .arg(format!("http://{}", c.gateway_addr(0)))
+        .arg("sdk-static")
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut until = async |want: &dyn Fn(&serde_json::Value) -> bool| {
+        loop {
+            let line = tokio::time::timeout(WAIT, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("timed out; the SDK printed {seen:#?}"))
+                .unwrap()
+                .expect("the SDK script ended");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert!(v.get("threw").is_none(), "an iterator threw: {v}");
+            seen.push(v.clone());
+            if want(&v) {
+                return v;
+            }
+        }
+    };
+    for coll in ["articles", "messages"] {
+        until(&|v| v["sub"] == coll && v["event"] == "init").await;
+    }
+    sql.execute(
+        "DELETE FROM directus_permissions WHERE policy = $1::text::uuid AND collection = 'articles'",
+        &[&p],
+    )
+    .await
+    .unwrap();
+    let ended = until(&|v| v["event"] == "unsubscribe").await;
+    assert_eq!(ended["sub"], "articles", "{ended}");
+    assert_eq!(ended["error"]["code"], "FORBIDDEN");
+    sql.batch_execute("INSERT INTO messages (text) VALUES ('after')")
+        .await
+        .unwrap();
+    let m = until(&|v| v["event"] == "create").await;
+    assert_eq!(m["sub"], "messages", "{m}");
+}
