@@ -74,27 +74,56 @@ impl Dep {
     }
 }
 
-/// The body of a rights entry: one encoded dep per line.
-pub fn encode_deps(deps: &[Dep]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (i, d) in deps.iter().enumerate() {
+/// What a rights entry says: the deps the transaction touched, and the shards whose events up to it
+/// the sending worker has all sent to this gateway (its loaded shards, on the live path; the shards a
+/// catch-up replays, on a replay). A gateway moves a subscriber off its old query only once the old
+/// query's shard has announced the change, so no event the old rights allowed is left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Announcement {
+    pub deps: Vec<Dep>,
+    pub shards: Vec<u32>,
+}
+
+/// The body of a rights entry: `s:<shard>,<shard>,…` on the first line, then one encoded dep per line.
+pub fn encode_announcement(a: &Announcement) -> Vec<u8> {
+    let mut out = b"s:".to_vec();
+    for (i, n) in a.shards.iter().enumerate() {
         if i > 0 {
-            out.push(b'\n');
+            out.push(b',');
         }
+        out.extend_from_slice(n.to_string().as_bytes());
+    }
+    for d in &a.deps {
+        out.push(b'\n');
         out.extend_from_slice(d.encode().as_bytes());
     }
     out
 }
 
-/// Read a rights entry's body. An unreadable line counts as [`Dep::Everyone`].
-pub fn decode_deps(body: &[u8]) -> Vec<Dep> {
+/// Read a rights entry's body. An unreadable dep line counts as [`Dep::Everyone`]; unreadable shard
+/// numbers are left out (the gateway then waits for another announcement).
+pub fn decode_announcement(body: &[u8]) -> Announcement {
     let Ok(text) = std::str::from_utf8(body) else {
-        return vec![Dep::Everyone];
+        return Announcement {
+            deps: vec![Dep::Everyone],
+            shards: Vec::new(),
+        };
     };
-    text.split('\n')
+    let mut lines = text.split('\n');
+    let shards = lines
+        .next()
+        .and_then(|l| l.strip_prefix("s:"))
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let deps = lines
         .filter(|l| !l.is_empty())
         .map(|l| Dep::decode(l).unwrap_or(Dep::Everyone))
-        .collect()
+        .collect();
+    Announcement { deps, shards }
 }
 
 /// What a value of a row says about a dep: the id, null, or not carried by the change.
@@ -425,18 +454,39 @@ mod tests {
     }
 
     #[test]
-    fn deps_round_trip_and_bad_lines_widen() {
-        let deps = vec![
-            Dep::User("u-1".into()),
-            Dep::Role("r:2".into()),
-            Dep::Policy("p".into()),
-            Dep::Public,
-            Dep::Everyone,
-        ];
-        assert_eq!(decode_deps(&encode_deps(&deps)), deps);
-        assert_eq!(decode_deps(b"x:1"), vec![Dep::Everyone]);
-        assert_eq!(decode_deps(b"u:"), vec![Dep::Everyone]);
-        assert_eq!(decode_deps(&[0xff]), vec![Dep::Everyone]);
-        assert!(decode_deps(b"").is_empty());
+    fn announcements_round_trip_and_bad_lines_widen() {
+        let a = Announcement {
+            deps: vec![
+                Dep::User("u-1".into()),
+                Dep::Role("r:2".into()),
+                Dep::Policy("p".into()),
+                Dep::Public,
+                Dep::Everyone,
+            ],
+            shards: vec![0, 7, 255],
+        };
+        assert_eq!(decode_announcement(&encode_announcement(&a)), a);
+        let none = Announcement::default();
+        assert_eq!(decode_announcement(&encode_announcement(&none)), none);
+        let deps = |b: &[u8]| decode_announcement(b).deps;
+        assert_eq!(deps(b"s:1\nx:1"), vec![Dep::Everyone]);
+        assert_eq!(deps(b"s:\nu:"), vec![Dep::Everyone]);
+        assert_eq!(deps(&[0xff]), vec![Dep::Everyone]);
+        assert_eq!(decode_announcement(b"s:1,x,3").shards, vec![1, 3]);
+        assert!(decode_announcement(b"").deps.is_empty());
+    }
+
+    #[test]
+    fn a_user_with_a_static_token_counts_as_changed() {
+        let users = rel(3, "directus_users", &["id", "token", "last_access"]);
+        let c = chunk(
+            vec![users],
+            vec![Change::Update {
+                rel: 3,
+                old: full(vec![t("U1"), t(MASK), t("monday")]),
+                new: vec![t("U1"), t(MASK), t("tuesday")],
+            }],
+        );
+        assert_eq!(chunk_deps(&c, "public"), vec![Dep::User("U1".into())]);
     }
 }

@@ -370,8 +370,8 @@ impl Hub {
         for e in entries {
             stats.entries += 1;
             if e.kind == EntryKind::Rights {
-                let deps = common::rights::decode_deps(&msg[e.body.clone()]);
-                stats.rights += self.rights.apply(self, e.pos, &deps);
+                let a = common::rights::decode_announcement(&msg[e.body.clone()]);
+                stats.rights += self.rights.apply(self, e.pos, &a);
                 continue;
             }
             let mut map = self.stripe(&e.query).lock();
@@ -846,6 +846,15 @@ mod tests {
     }
 
     fn rights_batch(lsn: u64, deps: &str) -> Bytes {
+        rights_from(lsn, deps, &[0])
+    }
+
+    /// A rights entry announced for `shards`.
+    fn rights_from(lsn: u64, deps: &str, shards: &[u32]) -> Bytes {
+        let a = common::rights::Announcement {
+            deps: common::rights::decode_announcement(format!("s:\n{deps}").as_bytes()).deps,
+            shards: shards.to_vec(),
+        };
         let mut m = common::delivery::start_batch();
         common::delivery::append_rights(
             &mut m,
@@ -856,7 +865,7 @@ mod tests {
             },
             1,
             0,
-            deps.as_bytes(),
+            &common::rights::encode_announcement(&a),
         );
         Bytes::from(m)
     }

@@ -94,6 +94,11 @@ impl Registrar {
         &self.stripes[(id.0 % STRIPES as u128) as usize]
     }
 
+    /// The cluster's number of shards.
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
     /// A new replay request for commit LSN `from`.
     pub fn replay_request(&self, from: u64) -> ReplayRequest {
         ReplayRequest {
@@ -126,6 +131,26 @@ impl Registrar {
     ) -> redis::RedisResult<()> {
         self.register_request(hub, id, def_json, Replay::From(request))
             .await
+    }
+
+    /// A subscriber moved to another query after a rights change (`crate::rights`): unregister the old
+    /// query if it lost its last subscriber here, and register the new one with the replay the
+    /// subscriber waits for. If that fails its replay would never end: the connection is closed as a
+    /// slow consumer (the client reconnects and starts over) rather than left waiting.
+    pub fn start_move_work(self: &Arc<Self>, hub: &Arc<Hub>, moved: crate::rights::Moved) {
+        let (me, hub) = (self.clone(), hub.clone());
+        tokio::spawn(async move {
+            let m = moved.m;
+            if moved.old_was_last
+                && let Err(e) = me.unregister(&hub, m.old).await
+            {
+                tracing::debug!(error = %e, "unregister failed; the worker drops it when this gateway's registrations expire");
+            }
+            if let Err(e) = me.register_replay(&hub, m.new, &m.def, m.request).await {
+                tracing::warn!(error = %e, "registering after a rights change failed");
+                m.outbox.force_overflow();
+            }
+        });
     }
 
     /// Register without a replay: events from whenever the owning worker applies it.
@@ -288,6 +313,11 @@ impl Registrar {
             match event {
                 Some(SubEvent::Message(m)) => {
                     let d = hub.deliver(m);
+                    if d.rights > 0 || d.entries > 0 {
+                        for moved in hub.rights.take_moved() {
+                            self.start_move_work(&hub, moved);
+                        }
+                    }
                     let hot = crate::telemetry::hot();
                     hot.events_delivered.increment(d.frames as u64);
                     hot.duplicate_events.increment(d.duplicates as u64);

@@ -12,17 +12,22 @@
 //!    new query with a replay from the cut (new filter or fields), or ends it (no longer readable).
 //!
 //! So no event committed after a rights change is delivered under the old rights, and none committed
-//! before it is dropped. A change announced twice (several workers, replays) is applied once.
+//! before it is dropped. A subscriber leaves its old query only once the worker serving that query has
+//! announced the change (each announcement names the shards it speaks for): until then that worker
+//! may still send the old query's events from before the change. Such a move waits here and is made
+//! by the delivery task when the announcement arrives ([`Rights::apply`]). A change announced twice (several workers, replays) is applied once.
 //! Work is proportional to the connections a change touches, never to all of them (except a change the
 //! stream does not describe fully, [`Dep::Everyone`]).
 
 use crate::hub::{Hub, SubKey};
 use crate::outbox::Outbox;
+use bytes::Bytes;
+use common::ctl::ReplayRequest;
 use common::delivery::Position;
 use common::normalize::QueryId;
-pub use common::rights::Dep;
+pub use common::rights::{Announcement, Dep};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,12 +61,42 @@ struct ConnRights {
     cut: Option<u64>,
 }
 
+/// A subscriber to move from its query to another after a rights change at `at`.
+#[derive(Clone)]
+pub struct Move {
+    pub conn: u64,
+    pub key: SubKey,
+    pub at: u64,
+    pub old: QueryId,
+    /// The shard of `old`, whose announcement of `at` the move waits for.
+    pub old_shard: u32,
+    pub new: QueryId,
+    pub def: Arc<str>,
+    pub suffix: Bytes,
+    pub outbox: Arc<Outbox>,
+    /// The replay of `new` from `at` this subscriber waits for.
+    pub request: ReplayRequest,
+}
+
+/// A move made in the hub; what is left is Redis work for the delivery task to start.
+pub struct Moved {
+    pub m: Move,
+    /// `old` lost its last subscriber here: unregister it.
+    pub old_was_last: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     conns: HashMap<u64, ConnRights>,
     by_dep: HashMap<Dep, HashSet<u64>>,
     seen: HashSet<(u64, u32)>,
     seen_order: VecDeque<(u64, u32)>,
+    /// Commit LSN of recent rights changes → the shards announced for it.
+    announced: BTreeMap<u64, HashSet<u32>>,
+    /// Moves waiting for their old query's shard to announce the change.
+    waiting: Vec<Move>,
+    /// Moves made by [`Rights::apply`] whose Redis work is still to start.
+    moved: Vec<Moved>,
 }
 
 /// The deps an identity was computed from.
@@ -140,12 +175,90 @@ impl Rights {
         }
     }
 
-    /// The connection closed.
-    pub fn remove(&self, conn: u64) {
+    /// The connection closed. Returns the old queries of moves still waiting (the caller detaches them).
+    pub fn remove(&self, conn: u64) -> Vec<(QueryId, SubKey)> {
         let mut g = self.inner.lock();
         if let Some(c) = g.conns.remove(&conn) {
             g.unfile(conn, &c.acct);
         }
+        let mut out = Vec::new();
+        g.waiting.retain(|m| {
+            let keep = m.conn != conn;
+            if !keep {
+                out.push((m.old, m.key));
+            }
+            keep
+        });
+        out
+    }
+
+    /// Whether the shard `shard` announced a rights change at or after commit LSN `at`.
+    fn passed(inner: &Inner, at: u64, shard: u32) -> bool {
+        inner.announced.range(at..).any(|(_, s)| s.contains(&shard))
+            // Forgotten: far older than every change remembered, so long announced.
+            || inner.announced.keys().next().is_none_or(|first| at < *first)
+    }
+
+    /// Move a subscriber now if its old query's shard already announced the change, else when it does.
+    /// A move still waiting for the same subscriber is replaced (its old query is the one attached).
+    /// Returns the move if it was made now.
+    pub fn plan_move(&self, hub: &Hub, mut m: Move) -> Option<Moved> {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        if let Some(i) = inner
+            .waiting
+            .iter()
+            .position(|w| w.conn == m.conn && w.key == m.key)
+        {
+            let prior = inner.waiting.swap_remove(i);
+            m.old = prior.old;
+            m.old_shard = prior.old_shard;
+            m.at = prior.at;
+            m.request.from = prior.at;
+        }
+        if Self::passed(inner, m.at, m.old_shard) {
+            Some(Self::execute(inner, hub, m))
+        } else {
+            inner.waiting.push(m);
+            None
+        }
+    }
+
+    /// Cancel a waiting move of (`conn`, `key`) to `new`: its old query is still attached and returned.
+    pub fn cancel_move(&self, conn: u64, key: SubKey, new: QueryId) -> Option<QueryId> {
+        let mut g = self.inner.lock();
+        let i = g
+            .waiting
+            .iter()
+            .position(|w| w.conn == conn && w.key == key && w.new == new)?;
+        Some(g.waiting.swap_remove(i).old)
+    }
+
+    fn execute(inner: &mut Inner, hub: &Hub, m: Move) -> Moved {
+        let cut = match inner.conns.get_mut(&m.conn) {
+            Some(c) => {
+                c.subs.retain(|s| *s != (m.old, m.key));
+                c.subs.push((m.new, m.key));
+                c.cut
+            }
+            None => None,
+        };
+        let old_was_last = hub.detach(m.old, m.key);
+        hub.attach_rebinding(
+            m.new,
+            m.def.clone(),
+            m.key,
+            m.outbox.clone(),
+            m.suffix.clone(),
+            m.request,
+            cut,
+        );
+        Moved { m, old_was_last }
+    }
+
+    /// Moves made by the delivery task since the last call; their Redis work is the caller's.
+    pub fn take_moved(&self) -> Vec<Moved> {
+        std::mem::take(&mut self.inner.lock().moved)
     }
 
     /// Record a subscription of `conn` and run `attach` (which adds it to the hub) with the cut it must
@@ -190,11 +303,31 @@ impl Rights {
         self.inner.lock().conns.len()
     }
 
-    /// A rights change committed at `pos` touched `deps`: cut the affected connections' subscriptions
-    /// in `hub` and flag the connections. Returns how many connections it touched (none for a repeat).
-    pub fn apply(&self, hub: &Hub, pos: Position, deps: &[Dep]) -> usize {
+    /// A rights change committed at `pos`, announced by a worker for `a.shards`, touched `a.deps`: make
+    /// the moves that waited for it, then (on its first announcement) cut the affected connections'
+    /// subscriptions in `hub` and flag the connections. Returns how many connections it touched (none
+    /// for a repeat).
+    pub fn apply(&self, hub: &Hub, pos: Position, a: &Announcement) -> usize {
         let mut g = self.inner.lock();
         let inner = &mut *g;
+        inner
+            .announced
+            .entry(pos.lsn)
+            .or_default()
+            .extend(a.shards.iter().copied());
+        while inner.announced.len() > SEEN {
+            inner.announced.pop_first();
+        }
+        if !inner.waiting.is_empty() {
+            let (ready, waiting): (Vec<Move>, Vec<Move>) = std::mem::take(&mut inner.waiting)
+                .into_iter()
+                .partition(|m| pos.lsn >= m.at && a.shards.contains(&m.old_shard));
+            inner.waiting = waiting;
+            for m in ready {
+                let moved = Self::execute(inner, hub, m);
+                inner.moved.push(moved);
+            }
+        }
         if !inner.seen.insert((pos.lsn, pos.seq)) {
             return 0;
         }
@@ -204,6 +337,7 @@ impl Rights {
         {
             inner.seen.remove(&old);
         }
+        let deps = &a.deps;
         self.epoch.bump();
         let mut touched: HashSet<u64> = HashSet::new();
         if deps.contains(&Dep::Everyone) {
@@ -265,28 +399,128 @@ mod tests {
         r.set_identity(3, &outboxes[2], &acct(Some("u3"), &["S"], &["P3"]));
         r.set_identity(4, &outboxes[3], &acct(None, &[], &["PUB"]));
         let p = |s: &str| Dep::Policy(s.into());
-        assert_eq!(r.apply(&hub, pos(10), &[p("P2")]), 1);
+        let ann = |deps: &[Dep]| Announcement {
+            deps: deps.to_vec(),
+            shards: vec![0],
+        };
+        let apply = |lsn: u64, deps: &[Dep]| r.apply(&hub, pos(lsn), &ann(deps));
+        assert_eq!(apply(10, &[p("P2")]), 1);
         assert_eq!(r.pending_cut(2), Some(10));
         assert!(outboxes[1].take_rights_flag());
         assert!(!outboxes[0].take_rights_flag());
-        assert_eq!(r.apply(&hub, pos(10), &[p("P2")]), 0, "a repeat is ignored");
-        assert_eq!(r.apply(&hub, pos(11), &[Dep::Role("R".into())]), 2);
+        assert_eq!(apply(10, &[p("P2")]), 0, "a repeat is ignored");
+        assert_eq!(apply(11, &[Dep::Role("R".into())]), 2);
         assert_eq!(r.pending_cut(2), Some(10), "the earliest cut stays");
         assert_eq!(r.take_cut(1), Some(11));
         assert_eq!(r.take_cut(1), None);
-        assert_eq!(r.apply(&hub, pos(12), &[Dep::Public]), 1);
-        assert_eq!(r.apply(&hub, pos(13), &[Dep::User("u3".into())]), 1);
-        assert_eq!(r.apply(&hub, pos(14), &[Dep::Everyone]), 4);
+        assert_eq!(apply(12, &[Dep::Public]), 1);
+        assert_eq!(apply(13, &[Dep::User("u3".into())]), 1);
+        assert_eq!(apply(14, &[Dep::Everyone]), 4);
         // Re-filed under a new identity: the old deps no longer reach it.
         r.set_identity(3, &outboxes[2], &acct(Some("u3"), &["T"], &["P4"]));
-        assert_eq!(r.apply(&hub, pos(15), &[Dep::Role("S".into())]), 0);
-        assert_eq!(r.apply(&hub, pos(16), &[p("P4")]), 1);
+        assert_eq!(apply(15, &[Dep::Role("S".into())]), 0);
+        assert_eq!(apply(16, &[p("P4")]), 1);
         r.remove(3);
-        assert_eq!(r.apply(&hub, pos(17), &[p("P4")]), 0);
+        assert_eq!(apply(17, &[p("P4")]), 0);
         assert_eq!(r.connections(), 3);
         assert!(
             r.inner.lock().by_dep.get(&p("P4")).is_none(),
             "empty sets go"
         );
+    }
+
+    #[test]
+    fn a_move_waits_for_the_old_querys_shard_to_announce_the_change() {
+        let hub = Hub::default();
+        let r = &hub.rights;
+        let o = Arc::new(Outbox::new(1 << 20));
+        let key = SubKey { conn: 1, sub: 1 };
+        r.set_identity(1, &o, &acct(Some("u1"), &["R"], &["P1"]));
+        let (old, new) = (QueryId(1), QueryId(2));
+        r.attach_sub(1, old, key, |cut| {
+            hub.attach_with_cut(old, "{}".into(), 0, key, o.clone(), Bytes::new(), cut)
+        });
+        hub.activate(old, key, None, 0);
+        let ann = |shards: &[u32]| Announcement {
+            deps: vec![Dep::Policy("P1".into())],
+            shards: shards.to_vec(),
+        };
+        // Announced first by a worker serving shards 0 and 1; the old query lives in shard 3.
+        assert_eq!(r.apply(&hub, pos(50), &ann(&[0, 1])), 1);
+        let at = r.take_cut(1).unwrap();
+        let m = Move {
+            conn: 1,
+            key,
+            at,
+            old,
+            old_shard: 3,
+            new,
+            def: "{}".into(),
+            suffix: Bytes::new(),
+            outbox: o.clone(),
+            request: ReplayRequest { from: at, token: 9 },
+        };
+        assert!(
+            r.plan_move(&hub, m.clone()).is_none(),
+            "shard 3 has not spoken"
+        );
+        // The lagging worker still sends the old query's events from before the change.
+        let mut b = common::delivery::start_batch();
+        let p49 = Position {
+            lsn: 49,
+            seq: 0,
+            idx: 0,
+        };
+        common::delivery::append_entry(
+            &mut b,
+            common::event::EventKind::Create,
+            old,
+            p49,
+            1,
+            0,
+            b"e49",
+        );
+        hub.deliver(Bytes::from(b));
+        assert_eq!(o.drain().len(), 1, "delivered under the old rights");
+        assert!(hub.contains(old) && !hub.contains(new));
+        // Its announcement of a later change (or this one) makes the move.
+        assert_eq!(
+            r.apply(&hub, pos(50), &ann(&[2, 3])),
+            0,
+            "not applied twice"
+        );
+        let moved = r.take_moved();
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].old_was_last);
+        assert!(!hub.contains(old) && hub.contains(new));
+        // Already announced: a move is made at once.
+        let back = Move {
+            old: new,
+            new: old,
+            old_shard: 2,
+            ..m
+        };
+        assert!(r.plan_move(&hub, back).is_some());
+        assert!(hub.contains(old) && !hub.contains(new));
+        // A connection that closes with a move waiting gives back the query it is still on.
+        r.apply(&hub, pos(60), &ann(&[0]));
+        let at = r.take_cut(1).unwrap();
+        let m3 = Move {
+            at,
+            old,
+            new,
+            old_shard: 3,
+            conn: 1,
+            key,
+            def: "{}".into(),
+            suffix: Bytes::new(),
+            outbox: o.clone(),
+            request: ReplayRequest {
+                from: at,
+                token: 10,
+            },
+        };
+        assert!(r.plan_move(&hub, m3).is_none());
+        assert_eq!(r.remove(1), vec![(old, key)]);
     }
 }

@@ -315,7 +315,12 @@ pub async fn subscribe(
 }
 
 /// Remove a subscriber from the hub; unregister the query in the background if it was the last one here.
+/// A subscriber whose move to `id` still waits is detached from the query it is still on.
 pub fn detach(state: &AppState, id: QueryId, key: SubKey) {
+    if let Some(old) = state.hub.rights.cancel_move(key.conn, key, id) {
+        detach(state, old, key);
+        return;
+    }
     state.hub.rights.detach_sub(key.conn, id, key);
     if state.hub.detach(id, key) {
         let registrar = state.registrar.clone();

@@ -351,7 +351,22 @@ impl Coordinator {
         let Some(chunk) = chunk else {
             return 0;
         };
-        self.announce_rights(chunk, |_| true);
+        // Shards still to catch up have not sent everything up to this commit yet.
+        let catching_up: Vec<u32> = self
+            .replays
+            .iter()
+            .filter_map(|r| match r.target {
+                Target::Shard(n) => Some(n),
+                Target::Query { .. } => None,
+            })
+            .collect();
+        let complete: Vec<u32> = self
+            .loaded_at
+            .keys()
+            .copied()
+            .filter(|n| !catching_up.contains(n))
+            .collect();
+        self.announce_rights(chunk, complete, |_| true);
         let mut frames = std::mem::take(&mut self.frames);
         frames.clear();
         match_chunk(
@@ -373,19 +388,28 @@ impl Coordinator {
 
     /// A chunk that changed rights is announced to the gateways `to` keeps, ahead of every event
     /// matched after it, so a gateway knows of the change before any later event arrives from here.
-    fn announce_rights(&mut self, chunk: &TxChunk, to: impl Fn(&Arc<str>) -> bool) {
+    /// `shards`: those whose events up to this chunk have all been sent (see
+    /// `common::rights::Announcement`).
+    fn announce_rights(
+        &mut self,
+        chunk: &TxChunk,
+        mut shards: Vec<u32>,
+        to: impl Fn(&Arc<str>) -> bool,
+    ) {
         let deps = common::rights::chunk_deps(chunk, &self.schema);
         if deps.is_empty() {
             return;
         }
+        shards.sort_unstable();
+        let body =
+            common::rights::encode_announcement(&common::rights::Announcement { deps, shards });
         let gateways: Vec<Arc<str>> = self
             .index
             .gateways()
             .into_iter()
             .filter(|g| to(g))
             .collect();
-        self.out
-            .rights(&gateways, chunk, &common::rights::encode_deps(&deps));
+        self.out.rights(&gateways, chunk, &body);
     }
 
     /// Take every queued replay into one pass.
@@ -479,7 +503,7 @@ impl Coordinator {
                 .flat_map(|e| e.gateways.iter().cloned())
                 .collect()
         };
-        self.announce_rights(chunk, |gw| {
+        self.announce_rights(chunk, shards.clone(), |gw| {
             replayed_for.contains(&**gw) || shard_gateways.contains(gw)
         });
         let mut frames = std::mem::take(&mut self.frames);

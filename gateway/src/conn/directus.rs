@@ -238,7 +238,9 @@ impl Protocol for Directus {
         for sub in self.session.take_all() {
             detach(&io.state, sub.id, sub.key);
         }
-        io.state.hub.rights.remove(io.id);
+        for (old, key) in io.state.hub.rights.remove(io.id) {
+            detach(&io.state, old, key);
+        }
     }
 
     fn auth_state(&self) -> AuthState {
@@ -539,36 +541,25 @@ impl Directus {
             match result {
                 Ok(query) if query.id() == old => hub.release(old, key, still_cut),
                 Ok(query) => {
-                    // New filter or fields: this query's events after the change, from a replay.
+                    // New filter or fields: this query's events after the change, from a replay,
+                    // once the old query's worker has sent everything up to the change.
                     let id = query.id();
                     sub.data.id = id;
-                    detach(&state, old, key);
-                    let def: Arc<str> = query.canonical_json().into();
-                    let request = state.registrar.replay_request(at);
-                    let outbox = io.outbox().clone();
-                    hub.rights.attach_sub(io.id, id, key, |cut| {
-                        hub.attach_rebinding(
-                            id,
-                            def.clone(),
-                            key,
-                            outbox.clone(),
-                            suffix,
-                            request,
-                            cut.or(still_cut),
-                        )
-                    });
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = state
-                            .registrar
-                            .register_replay(&state.hub, id, &def, request)
-                            .await
-                        {
-                            // Its replay would never end: close rather than leave it waiting.
-                            tracing::warn!(error = %e, "re-registering after a rights change failed");
-                            outbox.force_overflow();
-                        }
-                    });
+                    let m = crate::rights::Move {
+                        conn: io.id,
+                        key,
+                        at,
+                        old,
+                        old_shard: common::shard::shard_of(old, state.registrar.shards()),
+                        new: id,
+                        def: query.canonical_json().into(),
+                        suffix,
+                        outbox: io.outbox().clone(),
+                        request: state.registrar.replay_request(at),
+                    };
+                    if let Some(moved) = hub.rights.plan_move(hub, m) {
+                        state.registrar.start_move_work(&state.hub, moved);
+                    }
                 }
                 Err(e) => {
                     detach(&state, old, key);

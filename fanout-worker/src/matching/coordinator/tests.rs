@@ -465,7 +465,7 @@ fn a_rights_change_reaches_every_gateway_ahead_of_later_events_and_in_replays() 
     assert_eq!(
         out["gw-a"],
         [
-            (EntryKind::Rights, 101, "p:P1".to_owned()),
+            (EntryKind::Rights, 101, "s:0,1,2,3\np:P1".to_owned()),
             (
                 EntryKind::Event(EventKind::Create),
                 102,
