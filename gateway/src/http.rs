@@ -244,6 +244,8 @@ async fn admin_route(state: &AppState, path: &str) -> Response<Body> {
                         queries: state.hub.query_count(),
                         subscriptions: state.hub.subscriber_count(),
                         draining: state.draining.load(std::sync::atomic::Ordering::Relaxed),
+                        rights_pending: state.hub.rights.pending(),
+                        rights_last_lsn: state.hub.rights.last_lsn(),
                     },
                 );
                 respond(

@@ -80,6 +80,10 @@ struct LocalSub {
     suffix: Bytes,
     state: SubState,
     cut: Option<Cut>,
+    /// Commit LSN at or below which nothing is for this subscriber: a subscriber moved here by a rights
+    /// change at that position had those events from its previous query (under the previous rights),
+    /// and a lagging worker may still send them live after the replay ended.
+    floor: u64,
 }
 
 struct LocalQuery {
@@ -206,7 +210,16 @@ impl Hub {
             buf: Vec::new(),
             bytes: 0,
         };
-        self.attach_in(id, def_json, request.from, key, outbox, suffix, state, cut)
+        let new = self.attach_in(id, def_json, request.from, key, outbox, suffix, state, cut);
+        if let Some(sub) = self
+            .stripe(&id)
+            .lock()
+            .get_mut(&id)
+            .and_then(|lq| lq.subs.iter_mut().find(|s| s.key == key))
+        {
+            sub.floor = request.from;
+        }
+        new
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -243,8 +256,18 @@ impl Hub {
                 held: Vec::new(),
                 bytes: 0,
             }),
+            floor: 0,
         });
         new
+    }
+
+    /// Whether the subscriber is still waiting for the replay of a move (`SubState::Rebinding`).
+    pub fn is_rebinding(&self, id: QueryId, key: SubKey) -> bool {
+        self.stripe(&id)
+            .lock()
+            .get(&id)
+            .and_then(|lq| lq.subs.iter().find(|s| s.key == key))
+            .is_some_and(|s| matches!(s.state, SubState::Rebinding { .. }))
     }
 
     /// A rights change at commit LSN `at` touched the subscriber: hold back its events committed after
@@ -367,6 +390,7 @@ impl Hub {
             return stats;
         };
         let now_us = common_io::clock::unix_micros();
+        let mut rebound = false;
         for e in entries {
             stats.entries += 1;
             if e.kind == EntryKind::Rights {
@@ -385,7 +409,7 @@ impl Hub {
                 EntryKind::ReplayDone => {
                     if let Some(request) = ReplayRequest::decode(&body) {
                         for sub in &mut lq.subs {
-                            sub.end_rebinding(request, &mut stats);
+                            rebound |= sub.end_rebinding(request, &mut stats);
                         }
                     }
                     let answered = lq
@@ -443,6 +467,10 @@ impl Hub {
                 now_us,
                 &mut stats,
             );
+        }
+        if rebound {
+            // A move may have waited for this subscriber's previous move to finish.
+            self.rights.retry(self);
         }
         stats
     }
@@ -551,6 +579,9 @@ impl LocalSub {
     /// One event above the query's floor, for this subscriber: held by a rights cut, buffered while its
     /// snapshot or its move is pending, filtered by its snapshot, or queued.
     fn offer(&mut self, h: &Held, stats: &mut Delivered) {
+        if h.pos.lsn <= self.floor {
+            return;
+        }
         if let Some(cut) = self.cut.as_mut().filter(|c| h.pos.lsn > c.at) {
             cut.bytes += h.data.len() + self.suffix.len();
             if cut.bytes > self.outbox.limit() {
@@ -611,12 +642,13 @@ impl LocalSub {
 
     /// The replay `request` ended: a subscriber moved here with it goes live with what it gathered,
     /// in position order, once.
-    fn end_rebinding(&mut self, request: ReplayRequest, stats: &mut Delivered) {
+    /// Returns whether it did.
+    fn end_rebinding(&mut self, request: ReplayRequest, stats: &mut Delivered) -> bool {
         let SubState::Rebinding { request: r, .. } = &self.state else {
-            return;
+            return false;
         };
         if *r != request {
-            return;
+            return false;
         }
         let SubState::Rebinding { mut buf, .. } =
             std::mem::replace(&mut self.state, SubState::Live)
@@ -628,6 +660,7 @@ impl LocalSub {
         for h in &buf {
             self.offer(h, stats);
         }
+        true
     }
 }
 

@@ -59,6 +59,8 @@ struct ConnRights {
     subs: Vec<(QueryId, SubKey)>,
     /// The earliest rights change not yet taken up by a re-evaluation.
     cut: Option<u64>,
+    /// A re-evaluation is running.
+    evaluating: bool,
 }
 
 /// A subscriber to move from its query to another after a rights change at `at`.
@@ -118,6 +120,7 @@ pub fn deps_of(acct: &Accountability) -> Vec<Dep> {
 pub struct Rights {
     inner: Mutex<Inner>,
     pub epoch: Arc<Epoch>,
+    last_lsn: AtomicU64,
 }
 
 impl Inner {
@@ -144,6 +147,7 @@ impl Rights {
         Rights {
             inner: Mutex::default(),
             epoch,
+            last_lsn: AtomicU64::new(0),
         }
     }
 
@@ -168,6 +172,7 @@ impl Rights {
                         acct: acct.clone(),
                         subs: Vec::new(),
                         cut: None,
+                        evaluating: false,
                     },
                 );
                 inner.file(conn, acct);
@@ -216,11 +221,37 @@ impl Rights {
             m.at = prior.at;
             m.request.from = prior.at;
         }
-        if Self::passed(inner, m.at, m.old_shard) {
+        if Self::ready(inner, hub, &m) {
             Some(Self::execute(inner, hub, m))
         } else {
+            tracing::debug!(conn = m.conn, old = %m.old, new = %m.new, at = m.at, shard = m.old_shard, "rights: the move waits for the old query's shard");
             inner.waiting.push(m);
             None
+        }
+    }
+
+    /// A move can be made once the old query's shard announced the change, and once the subscriber's
+    /// previous move is complete: a subscriber still waiting for its replay holds events of its
+    /// current rights that moving now would drop.
+    fn ready(inner: &Inner, hub: &Hub, m: &Move) -> bool {
+        Self::passed(inner, m.at, m.old_shard) && !hub.is_rebinding(m.old, m.key)
+    }
+
+    /// Make the waiting moves that became ready (a previous move of their subscriber completed).
+    pub fn retry(&self, hub: &Hub) {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        if inner.waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut inner.waiting);
+        for m in waiting {
+            if Self::ready(inner, hub, &m) {
+                let moved = Self::execute(inner, hub, m);
+                inner.moved.push(moved);
+            } else {
+                inner.waiting.push(m);
+            }
         }
     }
 
@@ -235,6 +266,7 @@ impl Rights {
     }
 
     fn execute(inner: &mut Inner, hub: &Hub, m: Move) -> Moved {
+        tracing::debug!(conn = m.conn, old = %m.old, new = %m.new, at = m.at, "rights: moved");
         let cut = match inner.conns.get_mut(&m.conn) {
             Some(c) => {
                 c.subs.retain(|s| *s != (m.old, m.key));
@@ -289,9 +321,37 @@ impl Rights {
         }
     }
 
-    /// Take the connection's pending cut: the position a re-evaluation starting now applies from.
+    /// Take the connection's pending cut: the position a re-evaluation starting now applies from. The
+    /// re-evaluation counts as pending until [`Rights::evaluated`].
     pub fn take_cut(&self, conn: u64) -> Option<u64> {
-        self.inner.lock().conns.get_mut(&conn)?.cut.take()
+        let mut g = self.inner.lock();
+        let c = g.conns.get_mut(&conn)?;
+        let at = c.cut.take()?;
+        c.evaluating = true;
+        Some(at)
+    }
+
+    /// The re-evaluation started by [`Rights::take_cut`] was applied.
+    pub fn evaluated(&self, conn: u64) {
+        if let Some(c) = self.inner.lock().conns.get_mut(&conn) {
+            c.evaluating = false;
+        }
+    }
+
+    /// Rights changes not yet applied here: connections with a cut or a re-evaluation running, and
+    /// moves waiting for an announcement. Zero means every change received so far is in force.
+    pub fn pending(&self) -> usize {
+        let g = self.inner.lock();
+        g.conns
+            .values()
+            .filter(|c| c.cut.is_some() || c.evaluating)
+            .count()
+            + g.waiting.len()
+    }
+
+    /// The commit LSN of the latest rights change received.
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn.load(Ordering::Relaxed)
     }
 
     /// The connection's pending cut, if a change arrived since the last [`Rights::take_cut`].
@@ -319,13 +379,14 @@ impl Rights {
             inner.announced.pop_first();
         }
         if !inner.waiting.is_empty() {
-            let (ready, waiting): (Vec<Move>, Vec<Move>) = std::mem::take(&mut inner.waiting)
-                .into_iter()
-                .partition(|m| pos.lsn >= m.at && a.shards.contains(&m.old_shard));
-            inner.waiting = waiting;
-            for m in ready {
-                let moved = Self::execute(inner, hub, m);
-                inner.moved.push(moved);
+            let waiting = std::mem::take(&mut inner.waiting);
+            for m in waiting {
+                if Self::ready(inner, hub, &m) {
+                    let moved = Self::execute(inner, hub, m);
+                    inner.moved.push(moved);
+                } else {
+                    inner.waiting.push(m);
+                }
             }
         }
         if !inner.seen.insert((pos.lsn, pos.seq)) {
@@ -339,6 +400,7 @@ impl Rights {
         }
         let deps = &a.deps;
         self.epoch.bump();
+        self.last_lsn.fetch_max(pos.lsn, Ordering::Relaxed);
         let mut touched: HashSet<u64> = HashSet::new();
         if deps.contains(&Dep::Everyone) {
             touched.extend(inner.conns.keys().copied());
@@ -354,6 +416,7 @@ impl Rights {
                 continue;
             };
             c.cut = Some(c.cut.map_or(pos.lsn, |at| at.min(pos.lsn)));
+            tracing::debug!(conn, at = pos.lsn, cut = ?c.cut, subs = c.subs.len(), "rights: cut");
             for (id, key) in &c.subs {
                 hub.cut(*id, *key, pos.lsn);
             }
@@ -493,7 +556,50 @@ mod tests {
         assert_eq!(moved.len(), 1);
         assert!(moved[0].old_was_last);
         assert!(!hub.contains(old) && hub.contains(new));
-        // Already announced: a move is made at once.
+        // A move waits for the previous one to complete (its replay to end)...
+        let back = Move {
+            old: new,
+            new: old,
+            old_shard: 2,
+            ..m.clone()
+        };
+        assert!(r.plan_move(&hub, back).is_none(), "still rebinding");
+        let mut done = common::delivery::start_batch();
+        common::delivery::append_replay_done(
+            &mut done,
+            new,
+            Position::ZERO,
+            m.request.encode().as_bytes(),
+        );
+        hub.deliver(Bytes::from(done));
+        assert_eq!(r.take_moved().len(), 1, "made when the replay ended");
+        assert!(hub.contains(old) && !hub.contains(new));
+        r.retry(&hub);
+        // ...and is made at once when nothing holds it.
+        let mut done = common::delivery::start_batch();
+        common::delivery::append_replay_done(
+            &mut done,
+            old,
+            Position::ZERO,
+            m.request.encode().as_bytes(),
+        );
+        hub.deliver(Bytes::from(done));
+        let back = Move {
+            old,
+            new,
+            old_shard: 2,
+            ..m.clone()
+        };
+        assert!(r.plan_move(&hub, back).is_some());
+        assert!(!hub.contains(old) && hub.contains(new));
+        let mut done = common::delivery::start_batch();
+        common::delivery::append_replay_done(
+            &mut done,
+            new,
+            Position::ZERO,
+            m.request.encode().as_bytes(),
+        );
+        hub.deliver(Bytes::from(done));
         let back = Move {
             old: new,
             new: old,

@@ -181,6 +181,10 @@ pub struct GaugeReading {
     pub queries: usize,
     pub subscriptions: usize,
     pub draining: bool,
+    /// Rights changes received but not yet in force (`crate::rights::Rights::pending`).
+    pub rights_pending: usize,
+    /// Commit LSN of the latest rights change received.
+    pub rights_last_lsn: u64,
 }
 
 /// Publish the state gauges (called when `/metrics` is scraped).
@@ -194,4 +198,6 @@ pub fn record_gauges(gauges: &ConnGauges, reading: GaugeReading) {
     gauge!("realtime_gateway_queries").set(reading.queries as f64);
     gauge!("realtime_gateway_subscriptions").set(reading.subscriptions as f64);
     gauge!("realtime_gateway_draining").set(if reading.draining { 1.0 } else { 0.0 });
+    gauge!("realtime_gateway_rights_pending").set(reading.rights_pending as f64);
+    gauge!("realtime_gateway_rights_last_lsn").set(reading.rights_last_lsn as f64);
 }

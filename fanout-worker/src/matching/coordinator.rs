@@ -503,7 +503,19 @@ impl Coordinator {
                 .flat_map(|e| e.gateways.iter().cloned())
                 .collect()
         };
-        self.announce_rights(chunk, shards.clone(), |gw| {
+        // Shards whose events up to here went out in this pass: those caught up, and the shards of the
+        // queries replayed (their gateway may not have been in the index when this commit was matched
+        // live, so it was told nothing then).
+        let mut announced = shards.clone();
+        for (slot, rs) in &pass.query_ranges {
+            if rs.iter().any(|(f, t, _)| within(at, (*f, *t)))
+                && let Some(e) = self.index.get(*slot)
+                && !announced.contains(&e.shard)
+            {
+                announced.push(e.shard);
+            }
+        }
+        self.announce_rights(chunk, announced, |gw| {
             replayed_for.contains(&**gw) || shard_gateways.contains(gw)
         });
         let mut frames = std::mem::take(&mut self.frames);

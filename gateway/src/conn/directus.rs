@@ -445,6 +445,7 @@ impl Directus {
         let Some(at) = io.state.hub.rights.take_cut(io.id) else {
             return;
         };
+        tracing::debug!(conn = io.id, at, "rights: re-evaluating");
         let state = io.state.clone();
         let acct = self.acct.clone();
         let proof = self.proof.clone();
@@ -496,6 +497,18 @@ impl Directus {
         revoked: bool,
         results: Vec<Reauthorized>,
     ) {
+        self.apply_reevaluation(io, at, identity, revoked, results);
+        io.state.hub.rights.evaluated(io.id);
+    }
+
+    fn apply_reevaluation(
+        &mut self,
+        io: &mut Io<Self>,
+        at: u64,
+        identity: Result<(Arc<Accountability>, Proof), AuthError>,
+        revoked: bool,
+        results: Vec<Reauthorized>,
+    ) {
         let (acct, proof) = match identity {
             Ok(v) => v,
             Err(AuthError::Unavailable(e)) => {
@@ -539,7 +552,10 @@ impl Directus {
             };
             let (old, key, suffix) = (sub.data.id, sub.data.key, sub.data.suffix.clone());
             match result {
-                Ok(query) if query.id() == old => hub.release(old, key, still_cut),
+                Ok(query) if query.id() == old => {
+                    tracing::debug!(conn = io.id, uid = %uid, query = %old, at, "rights: subscription unchanged");
+                    hub.release(old, key, still_cut)
+                }
                 Ok(query) => {
                     // New filter or fields: this query's events after the change, from a replay,
                     // once the old query's worker has sent everything up to the change.
@@ -557,6 +573,7 @@ impl Directus {
                         outbox: io.outbox().clone(),
                         request: state.registrar.replay_request(at),
                     };
+                    tracing::debug!(conn = io.id, uid = %uid, %old, new = %id, at, def = %query.canonical_json(), "rights: moving a subscription");
                     if let Some(moved) = hub.rights.plan_move(hub, m) {
                         state.registrar.start_move_work(&state.hub, moved);
                     }

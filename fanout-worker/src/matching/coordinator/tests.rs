@@ -496,6 +496,11 @@ fn a_rights_change_reaches_every_gateway_ahead_of_later_events_and_in_replays() 
         ]
     );
     assert!(!out.contains_key("gw-b"), "not replayed for gw-b");
+    assert_eq!(
+        out["gw-c"][0].2,
+        format!("s:{}\np:P1", shard_of(q1.id(), SHARDS)),
+        "a replay speaks for the shard of the query it replays"
+    );
     // An ordinary transaction announces nothing.
     c.match_live(id(103), Some(&insert(103, 5, 9)));
     assert!(sent(&mut c).is_empty());
