@@ -79,7 +79,11 @@ fn bench(c: &mut Criterion) {
         hub.activate(id, key, None, 0);
         keys.push((conn, id, key, outbox));
     }
-    let touched: Vec<_> = keys.iter().filter(|k| k.0 as usize % POLICIES == 7).cloned().collect();
+    let touched: Vec<_> = keys
+        .iter()
+        .filter(|k| k.0 as usize % POLICIES == 7)
+        .cloned()
+        .collect();
     let mut lsn = 0u64;
     let mut g = c.benchmark_group("rights_change");
     g.throughput(Throughput::Elements(touched.len() as u64));

@@ -249,6 +249,15 @@ const IDENTITY_TTL: Duration = Duration::from_secs(5);
 type IdentityCache =
     HashMap<(Option<String>, Option<String>, Option<IpAddr>), (Instant, u64, Arc<Accountability>)>;
 
+/// What [`AuthService::recheck`] reads of a user.
+#[derive(Debug, Clone)]
+struct UserRow {
+    status: String,
+    role: Option<String>,
+    /// Hash of the static token, if any.
+    token: Option<u128>,
+}
+
 /// Read rules per (policy set, collection), with when they were fetched and the rights epoch then.
 type PermissionCache = HashMap<(Vec<String>, String), (Instant, u64, Vec<ReadRule>)>;
 
@@ -260,6 +269,8 @@ pub struct AuthService {
     stall: Duration,
     permissions: Mutex<PermissionCache>,
     identities: Mutex<IdentityCache>,
+    /// User rows for re-checks, by user id, with the rights epoch they were read in.
+    users: Mutex<HashMap<String, (u64, Option<UserRow>)>>,
     /// Bumped by every committed rights change (`crate::rights`): cached entries from before it are
     /// not used.
     epoch: Arc<crate::rights::Epoch>,
@@ -291,6 +302,7 @@ impl AuthService {
             stall: settings.stall,
             permissions: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
         }
     }
 
@@ -658,24 +670,18 @@ impl AuthService {
         &self,
         acct: &Accountability,
         proof: &Proof,
-    ) -> Result<Accountability, AuthError> {
+    ) -> Result<Arc<Accountability>, AuthError> {
         let Some(user) = acct.user.as_deref() else {
-            return self.accountability(None, None, acct.ip).await;
+            return self.shared_accountability(None, None, acct.ip).await;
         };
-        let db = self.pool.get().await.map_err(unavailable)?;
-        let row = db
-            .query_opt(
-                "SELECT status, role::text, token FROM directus_users WHERE id = $1::text::uuid",
-                &[&user],
-            )
-            .await
-            .map_err(unavailable)?;
-        let Some(row) = row else {
+        let Some(UserRow {
+            status,
+            role,
+            token,
+        }) = self.user_row(user).await?
+        else {
             return Err(AuthError::Revoked);
         };
-        let status: String = row.get(0);
-        let role: Option<String> = row.get(1);
-        let token: Option<String> = row.get(2);
         if status != "active" {
             return Err(if status == "suspended" {
                 AuthError::UserSuspended
@@ -684,12 +690,13 @@ impl AuthService {
             });
         }
         match proof {
-            Proof::StaticToken(hash) if token.as_deref().map(token_hash) != Some(*hash) => {
+            Proof::StaticToken(hash) if token != Some(*hash) => {
                 return Err(AuthError::Revoked);
             }
             Proof::Jwt {
                 session: Some(session),
             } => {
+                let db = self.pool.get().await.map_err(unavailable)?;
                 let live = db
                     .query_opt(
                         "SELECT 1 FROM directus_sessions WHERE token = $1 AND expires >= now()",
@@ -704,9 +711,38 @@ impl AuthService {
             }
             _ => {}
         }
-        drop(db);
-        self.accountability(Some(user), role.as_deref(), acct.ip)
+        self.shared_accountability(Some(user), role.as_deref(), acct.ip)
             .await
+    }
+
+    /// A user's status, role and static-token hash, cached until the next rights change (a rights
+    /// change touching a thousand connections of one user reads the row once).
+    async fn user_row(&self, user: &str) -> Result<Option<UserRow>, AuthError> {
+        let epoch = self.epoch.get();
+        if let Some((e, row)) = self.users.lock().get(user)
+            && *e == epoch
+        {
+            return Ok(row.clone());
+        }
+        let db = self.pool.get().await.map_err(unavailable)?;
+        let row = db
+            .query_opt(
+                "SELECT status, role::text, token FROM directus_users WHERE id = $1::text::uuid",
+                &[&user],
+            )
+            .await
+            .map_err(unavailable)?
+            .map(|r| UserRow {
+                status: r.get(0),
+                role: r.get(1),
+                token: r.get::<_, Option<String>>(2).as_deref().map(token_hash),
+            });
+        let mut cache = self.users.lock();
+        if cache.len() >= PERMISSION_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(user.to_owned(), (epoch, row.clone()));
+        Ok(row)
     }
 
     /// The public role's accountability (no user).

@@ -28,6 +28,8 @@ enum Command {
     },
     /// Benchmark change capture: pgbench → PostgreSQL → fanout-worker → Redis stream.
     CaptureBench(loadtest::capture_bench::CaptureBenchArgs),
+    /// Benchmark rights changes: permission edit commit → the touched subscriptions follow it.
+    RightsBench(loadtest::rights_bench::RightsBenchArgs),
     /// Run a load-test scenario against a cluster (or Directus) over the public protocol; writes
     /// report.json and report.html. Exits non-zero when the run fails its correctness checks.
     Run(Box<loadtest::scenario::RunArgs>),
@@ -67,6 +69,15 @@ async fn main() -> Result<()> {
                 eprintln!("loadtest agent: {e:#}");
             }
             std::process::exit(if r.is_ok() { 0 } else { 1 });
+        }
+        Command::RightsBench(args) => {
+            let json_path = args.json.clone();
+            let report = loadtest::rights_bench::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(p) = json_path {
+                std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
         }
         Command::CaptureBench(args) => {
             let json_path = args.json.clone();

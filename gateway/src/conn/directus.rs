@@ -460,7 +460,7 @@ impl Directus {
         io.start(async move {
             let mut revoked = false;
             let identity = match state.auth.recheck(&acct, &proof).await {
-                Ok(a) => Ok((Arc::new(a), proof)),
+                Ok(a) => Ok((a, proof)),
                 Err(AuthError::Unavailable(e)) => Err(AuthError::Unavailable(e)),
                 Err(e) if public_mode => {
                     tracing::info!(error = %e, "credentials revoked: the connection goes on as the public role");
@@ -469,7 +469,7 @@ impl Directus {
                         .auth
                         .recheck(&acct_public(&acct), &Proof::Public)
                         .await
-                        .map(|a| (Arc::new(a), Proof::Public))
+                        .map(|a| (a, Proof::Public))
                 }
                 Err(e) => Err(e),
             };
