@@ -351,22 +351,26 @@ impl Coordinator {
         let Some(chunk) = chunk else {
             return 0;
         };
-        // Shards still to catch up have not sent everything up to this commit yet.
-        let catching_up: Vec<u32> = self
-            .replays
-            .iter()
-            .filter_map(|r| match r.target {
-                Target::Shard(n) => Some(n),
-                Target::Query { .. } => None,
-            })
-            .collect();
-        let complete: Vec<u32> = self
-            .loaded_at
-            .keys()
-            .copied()
-            .filter(|n| !catching_up.contains(n))
-            .collect();
-        self.announce_rights(chunk, complete, |_| true);
+        self.announce_rights(
+            chunk,
+            |me: &Coordinator| {
+                // Shards still to catch up have not sent everything up to this commit yet.
+                let catching_up: Vec<u32> = me
+                    .replays
+                    .iter()
+                    .filter_map(|r| match r.target {
+                        Target::Shard(n) => Some(n),
+                        Target::Query { .. } => None,
+                    })
+                    .collect();
+                me.loaded_at
+                    .keys()
+                    .copied()
+                    .filter(|n| !catching_up.contains(n))
+                    .collect()
+            },
+            |me: &Coordinator| me.index.gateways(),
+        );
         let mut frames = std::mem::take(&mut self.frames);
         frames.clear();
         match_chunk(
@@ -386,29 +390,25 @@ impl Coordinator {
         chunk.changes.len()
     }
 
-    /// A chunk that changed rights is announced to the gateways `to` keeps, ahead of every event
-    /// matched after it, so a gateway knows of the change before any later event arrives from here.
-    /// `shards`: those whose events up to this chunk have all been sent (see
-    /// `common::rights::Announcement`).
+    /// A chunk that changed rights is announced to `gateways`, ahead of every event matched after it,
+    /// so a gateway knows of the change before any later event arrives from here. `shards`: those
+    /// whose events up to this chunk have all been sent (see `common::rights::Announcement`). Both are
+    /// computed only for such a chunk: the common chunk pays one scan of its relations.
     fn announce_rights(
         &mut self,
         chunk: &TxChunk,
-        mut shards: Vec<u32>,
-        to: impl Fn(&Arc<str>) -> bool,
+        shards: impl FnOnce(&Coordinator) -> Vec<u32>,
+        gateways: impl FnOnce(&Coordinator) -> Vec<Arc<str>>,
     ) {
         let deps = common::rights::chunk_deps(chunk, &self.schema);
         if deps.is_empty() {
             return;
         }
+        let mut shards = shards(self);
         shards.sort_unstable();
         let body =
             common::rights::encode_announcement(&common::rights::Announcement { deps, shards });
-        let gateways: Vec<Arc<str>> = self
-            .index
-            .gateways()
-            .into_iter()
-            .filter(|g| to(g))
-            .collect();
+        let gateways = gateways(self);
         self.out.rights(&gateways, chunk, &body);
     }
 
@@ -486,38 +486,43 @@ impl Coordinator {
                     .get(&slot)
                     .is_some_and(|rs| rs.iter().any(|(f, t, _)| within(at, (*f, *t))))
         };
-        let replayed_for: std::collections::HashSet<&str> = pass
-            .query_ranges
-            .values()
-            .flatten()
-            .filter(|(f, t, _)| within(at, (*f, *t)))
-            .map(|(_, _, gw)| &**gw)
-            .collect();
-        let shard_gateways: std::collections::HashSet<Arc<str>> = if shards.is_empty() {
-            Default::default()
-        } else {
-            pass.shard_of_slot
-                .iter()
-                .filter(|(_, n)| shards.contains(n))
-                .filter_map(|(slot, _)| self.index.get(*slot))
-                .flat_map(|e| e.gateways.iter().cloned())
-                .collect()
-        };
         // Shards whose events up to here went out in this pass: those caught up, and the shards of the
         // queries replayed (their gateway may not have been in the index when this commit was matched
-        // live, so it was told nothing then).
-        let mut announced = shards.clone();
-        for (slot, rs) in &pass.query_ranges {
-            if rs.iter().any(|(f, t, _)| within(at, (*f, *t)))
-                && let Some(e) = self.index.get(*slot)
-                && !announced.contains(&e.shard)
-            {
-                announced.push(e.shard);
+        // live, so it was told nothing then). Told to the gateways the pass replays for.
+        let announced = |me: &Coordinator| {
+            let mut announced = shards.clone();
+            for (slot, rs) in &pass.query_ranges {
+                if rs.iter().any(|(f, t, _)| within(at, (*f, *t)))
+                    && let Some(e) = me.index.get(*slot)
+                    && !announced.contains(&e.shard)
+                {
+                    announced.push(e.shard);
+                }
             }
-        }
-        self.announce_rights(chunk, announced, |gw| {
-            replayed_for.contains(&**gw) || shard_gateways.contains(gw)
-        });
+            announced
+        };
+        let told = |me: &Coordinator| {
+            let mut gateways: std::collections::HashSet<Arc<str>> = pass
+                .query_ranges
+                .values()
+                .flatten()
+                .filter(|(f, t, _)| within(at, (*f, *t)))
+                .map(|(_, _, gw)| gw.clone())
+                .collect();
+            if !shards.is_empty() {
+                gateways.extend(
+                    pass.shard_of_slot
+                        .iter()
+                        .filter(|(_, n)| shards.contains(n))
+                        .filter_map(|(slot, _)| me.index.get(*slot))
+                        .flat_map(|e| e.gateways.iter().cloned()),
+                );
+            }
+            let mut gateways: Vec<Arc<str>> = gateways.into_iter().collect();
+            gateways.sort();
+            gateways
+        };
+        self.announce_rights(chunk, announced, told);
         let mut frames = std::mem::take(&mut self.frames);
         frames.clear();
         match_chunk(
