@@ -194,6 +194,15 @@ def build():
                       (f"sum(realtime_registered_queries{{{SEL}}})", "queries registered on workers")]), 12, 8)
     L.add(timeseries("Registrations per gateway", "Distinct queries each gateway has registered with the workers.",
                      [(f"sum by (pod) (realtime_gateway_queries{{{SEL}}})", "{{pod}}")]), 12, 8)
+    L.add(timeseries("Rights changes", "Rights changes received, connections they touched and subscriptions ended because the rights no longer allow them, per second.",
+                     [(rate("realtime_gateway_rights_changes_total"), "changes"),
+                      (rate("realtime_gateway_rights_connections_touched_total"), "connections touched"),
+                      (rate("realtime_gateway_subscriptions_revoked_total"), "subscriptions revoked")]), 8, 8)
+    L.add(timeseries("Rights pending", "Rights changes received but not yet in force, per gateway; the commit LSN of the latest.",
+                     [(f"max by (pod) (realtime_gateway_rights_pending{{{SEL}}})", "pending {{pod}}"),
+                      (f"max by (pod) (realtime_gateway_rights_last_lsn{{{SEL}}})", "last LSN {{pod}}")]), 8, 8)
+    L.add(timeseries("Rights re-evaluation p99", "One connection's re-check and re-normalisation after a rights change.",
+                     [(quantile(0.99, "realtime_gateway_rights_reevaluation_seconds"), "p99")], unit="s"), 8, 8)
 
     L.row("Traffic")
     L.add(timeseries("Messages in / out", "WebSocket messages per second by endpoint; received are negative.",
