@@ -210,16 +210,7 @@ impl Hub {
             buf: Vec::new(),
             bytes: 0,
         };
-        let new = self.attach_in(id, def_json, request.from, key, outbox, suffix, state, cut);
-        if let Some(sub) = self
-            .stripe(&id)
-            .lock()
-            .get_mut(&id)
-            .and_then(|lq| lq.subs.iter_mut().find(|s| s.key == key))
-        {
-            sub.floor = request.from;
-        }
-        new
+        self.attach_in(id, def_json, request.from, key, outbox, suffix, state, cut)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -234,6 +225,10 @@ impl Hub {
         state: SubState,
         cut: Option<u64>,
     ) -> bool {
+        let state_floor = match &state {
+            SubState::Rebinding { from, .. } => Some(*from),
+            _ => None,
+        };
         let mut map = self.stripe(&id).lock();
         let mut new = false;
         let lq = map.entry(id).or_insert_with(|| {
@@ -256,7 +251,8 @@ impl Hub {
                 held: Vec::new(),
                 bytes: 0,
             }),
-            floor: 0,
+            // A moved subscriber had everything up to its move from its previous query.
+            floor: state_floor.unwrap_or(0),
         });
         new
     }

@@ -239,13 +239,12 @@ impl Rights {
 
     /// Make the waiting moves that became ready (a previous move of their subscriber completed).
     pub fn retry(&self, hub: &Hub) {
-        let mut g = self.inner.lock();
-        let inner = &mut *g;
-        if inner.waiting.is_empty() {
-            return;
-        }
-        let waiting = std::mem::take(&mut inner.waiting);
-        for m in waiting {
+        Self::make_ready_moves(&mut self.inner.lock(), hub);
+    }
+
+    /// Make every waiting move that is ready; the rest keep waiting.
+    fn make_ready_moves(inner: &mut Inner, hub: &Hub) {
+        for m in std::mem::take(&mut inner.waiting) {
             if Self::ready(inner, hub, &m) {
                 let moved = Self::execute(inner, hub, m);
                 inner.moved.push(moved);
@@ -378,17 +377,7 @@ impl Rights {
         while inner.announced.len() > SEEN {
             inner.announced.pop_first();
         }
-        if !inner.waiting.is_empty() {
-            let waiting = std::mem::take(&mut inner.waiting);
-            for m in waiting {
-                if Self::ready(inner, hub, &m) {
-                    let moved = Self::execute(inner, hub, m);
-                    inner.moved.push(moved);
-                } else {
-                    inner.waiting.push(m);
-                }
-            }
-        }
+        Self::make_ready_moves(inner, hub);
         if !inner.seen.insert((pos.lsn, pos.seq)) {
             return 0;
         }
