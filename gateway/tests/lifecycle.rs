@@ -153,12 +153,14 @@ async fn after_expiry_the_connection_has_public_rights_only() {
         "TOKEN_EXPIRED"
     );
     // The subscription is re-checked for the public role, which may not read `title`: it ends with
-    // FORBIDDEN, shaped like Directus's dispatch-time errors (no uid), instead of leaking data. The
-    // re-auth window then times out; the two may arrive in either order.
-    let mut after: Vec<(String, String)> = Vec::new();
+    // FORBIDDEN in the per-subscription revocation frame (`{"type":"subscription","event":"unsubscribe",
+    // "error":…,"uid":"a"}`, which `@directus/sdk` hands to that subscription only) instead of leaking
+    // data. The re-auth window then times out (no uid); the two may arrive in either order.
+    let mut after: Vec<(String, String, String)> = Vec::new();
     for _ in 0..2 {
         let m = ws.recv(Duration::from_secs(3)).await.unwrap();
         after.push((
+            m["type"].as_str().unwrap_or("").to_owned(),
             m["uid"].as_str().unwrap_or("").to_owned(),
             m["error"]["code"].as_str().unwrap_or("").to_owned(),
         ));
@@ -167,8 +169,8 @@ async fn after_expiry_the_connection_has_public_rights_only() {
     assert_eq!(
         after,
         [
-            ("".to_owned(), "AUTH_TIMEOUT".to_owned()),
-            ("".to_owned(), "FORBIDDEN".to_owned())
+            ("auth".to_owned(), "".to_owned(), "AUTH_TIMEOUT".to_owned()),
+            ("subscription".to_owned(), "a".to_owned(), "FORBIDDEN".to_owned())
         ]
     );
     // Public mode: still open, but now with the public role's rights, never more.
