@@ -13,6 +13,10 @@
 //! | `directus_access` | `r:<role>`, `u:<user>`, or `pub` when both are null (the public policies) |
 //! | `directus_roles` | `r:<id>` (a parent change moves every role below it) |
 //! | `directus_users` | `u:<id>`, unless only `last_access` / `last_page` changed |
+//! | `directus_sessions` (deletes only: a logout, or sessions cleared for a suspended user) | `u:<user>` |
+//!
+//! A session's insert or refresh (its token rotated in place) changes nobody's rights: only its end
+//! does, and the gateway then checks the sessions of that user's connections again.
 //!
 //! A value the change does not carry (an old row without `REPLICA IDENTITY FULL`) or a truncate gives
 //! [`Dep::Everyone`]: erring on the side of re-evaluating more, never less.
@@ -20,12 +24,13 @@
 use crate::change::{Cell, Change, MASK, Relation, TxChunk};
 
 /// The tables rights are computed from.
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "directus_permissions",
     "directus_policies",
     "directus_access",
     "directus_roles",
     "directus_users",
+    "directus_sessions",
 ];
 
 /// User columns Directus writes on every login or page view; a change to only these changes no rights.
@@ -158,6 +163,7 @@ fn row_deps(rel: &Relation, cells: &[Cell], key_only: bool, out: &mut Vec<Dep>) 
     };
     match rel.table.as_str() {
         "directus_permissions" => id_dep("policy", Dep::Policy, out),
+        "directus_sessions" => id_dep("user", Dep::User, out),
         "directus_policies" | "directus_roles" | "directus_users" => {
             let make = match rel.table.as_str() {
                 "directus_policies" => Dep::Policy,
@@ -230,6 +236,7 @@ pub fn chunk_deps(chunk: &TxChunk, schema: &str) -> Vec<Dep> {
         match change {
             Change::Insert { rel, new } => {
                 if let Some(r) = system(*rel)
+                    && r.table != "directus_sessions"
                     && (r.table != "directus_permissions" || is_read_permission(r, new, false))
                 {
                     row_deps(r, new, false, &mut out);
@@ -237,6 +244,9 @@ pub fn chunk_deps(chunk: &TxChunk, schema: &str) -> Vec<Dep> {
             }
             Change::Update { rel, old, new } => {
                 let Some(r) = system(*rel) else { continue };
+                if r.table == "directus_sessions" {
+                    continue;
+                }
                 if r.table == "directus_permissions"
                     && !is_read_permission(r, new, false)
                     && old
@@ -285,6 +295,71 @@ pub fn chunk_deps(chunk: &TxChunk, schema: &str) -> Vec<Dep> {
     out.dedup();
     if out.contains(&Dep::Everyone) {
         return vec![Dep::Everyone];
+    }
+    out
+}
+
+/// A permission row whose filter cannot work: the worker logs it, so the administrator learns which
+/// row to fix (the subscriptions it governs end with FORBIDDEN saying why, on the gateways).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenPermission {
+    pub id: String,
+    pub policy: String,
+    pub collection: String,
+    pub action: String,
+    /// Which filter (`permissions` or `validation`) and what is wrong with it.
+    pub reason: String,
+}
+
+/// The permission rows a chunk inserts or updates whose `permissions` or `validation` filter does
+/// not parse or names an unknown operator. Field names and per-type operators are checked where the
+/// collection's columns are known (the gateway's `normalize`); this catches what needs no schema.
+pub fn broken_permissions(chunk: &TxChunk, schema: &str) -> Vec<BrokenPermission> {
+    let mut out = Vec::new();
+    if !chunk
+        .relations
+        .iter()
+        .any(|r| r.schema == schema && r.table == "directus_permissions")
+    {
+        return out;
+    }
+    for change in &chunk.changes {
+        let (rel, new) = match change {
+            Change::Insert { rel, new } | Change::Update { rel, new, .. } => (*rel, new),
+            _ => continue,
+        };
+        let Some(r) = chunk
+            .relation(rel)
+            .filter(|r| r.schema == schema && r.table == "directus_permissions")
+        else {
+            continue;
+        };
+        let text = |column: &str| match val(r, new, false, column) {
+            Val::Id(t) => t.to_owned(),
+            _ => String::new(),
+        };
+        for column in ["permissions", "validation"] {
+            let Val::Id(json) = val(r, new, false, column) else {
+                continue;
+            };
+            let problem = match serde_json::from_str::<serde_json::Value>(json) {
+                Err(e) => Some(format!("not JSON ({e})")),
+                Ok(serde_json::Value::Null) => None,
+                Ok(serde_json::Value::Object(o)) if o.is_empty() => None,
+                Ok(v) => crate::filter::check_structure(&v).err().map(|e| match e {
+                    crate::filter::QueryError::Invalid(r) | crate::filter::QueryError::Forbidden(r) => r,
+                }),
+            };
+            if let Some(problem) = problem {
+                out.push(BrokenPermission {
+                    id: text("id"),
+                    policy: text("policy"),
+                    collection: text("collection"),
+                    action: text("action"),
+                    reason: format!("{column}: {problem}"),
+                });
+            }
+        }
     }
     out
 }
@@ -488,5 +563,82 @@ mod tests {
             }],
         );
         assert_eq!(chunk_deps(&c, "public"), vec![Dep::User("U1".into())]);
+    }
+
+    #[test]
+    fn only_a_sessions_end_touches_its_user() {
+        let sessions = rel(1, "directus_sessions", &["id", "user", "expires"]);
+        let change = |c: Change| chunk_deps(&chunk(vec![sessions.clone()], vec![c]), "public");
+        // A login and a refresh (token rotated in place) change nobody's rights.
+        assert!(change(Change::Insert {
+            rel: 1,
+            new: vec![t("tok"), t("U1"), t("tomorrow")],
+        })
+        .is_empty());
+        assert!(change(Change::Update {
+            rel: 1,
+            old: full(vec![t("tok"), t("U1"), t("tomorrow")]),
+            new: vec![t("tok2"), t("U1"), t("later")],
+        })
+        .is_empty());
+        assert_eq!(
+            change(Change::Delete {
+                rel: 1,
+                old: OldRow {
+                    key_only: false,
+                    cells: vec![t("tok"), t("U1"), t("tomorrow")],
+                },
+            }),
+            vec![Dep::User("U1".into())]
+        );
+        // Without the old row's user, every connection is checked again.
+        assert_eq!(
+            change(Change::Delete {
+                rel: 1,
+                old: OldRow {
+                    key_only: true,
+                    cells: vec![t("tok"), Cell::Unchanged, Cell::Unchanged],
+                },
+            }),
+            vec![Dep::Everyone]
+        );
+    }
+
+    #[test]
+    fn broken_permission_filters_are_named_with_their_row() {
+        let perms = rel(
+            1,
+            "directus_permissions",
+            &["id", "policy", "collection", "action", "permissions", "validation"],
+        );
+        let row = |id: &str, filter: Cell, validation: Cell| Change::Insert {
+            rel: 1,
+            new: vec![t(id), t("P1"), t("articles"), t("read"), filter, validation],
+        };
+        let c = chunk(
+            vec![perms],
+            vec![
+                row("1", t(r#"{"status":{"_eq":"published"}}"#), Cell::Null),
+                row("2", t(r#"{"status":{"_bogus":1}}"#), Cell::Null),
+                row("3", t("{}"), t(r#"{"_and": 5}"#)),
+                row("4", t("{not json"), t("null")),
+                row("5", Cell::Null, Cell::Null),
+            ],
+        );
+        let broken = broken_permissions(&c, "public");
+        let got: Vec<(&str, &str)> = broken
+            .iter()
+            .map(|b| (b.id.as_str(), b.reason.as_str()))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "2");
+        assert!(got[0].1.starts_with("permissions: Unknown filter operator \"_bogus\""), "{}", got[0].1);
+        assert_eq!(got[1].0, "3");
+        assert!(got[1].1.starts_with("validation: "), "{}", got[1].1);
+        assert_eq!(got[2].0, "4");
+        assert!(got[2].1.starts_with("permissions: not JSON"), "{}", got[2].1);
+        assert!(broken.iter().all(|b| b.policy == "P1" && b.collection == "articles" && b.action == "read"));
+        // Another schema's table of the same name is not Directus's.
+        assert!(broken_permissions(&c, "other").is_empty());
     }
 }

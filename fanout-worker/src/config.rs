@@ -97,7 +97,7 @@ impl WorkerConfig {
         let exclude: Vec<String> = r
             .string(
                 "REALTIME_CAPTURE_EXCLUDE",
-                "directus_sessions,directus_migrations",
+                "directus_migrations",
             )
             .split(',')
             .map(|s| s.trim().to_owned())
@@ -161,7 +161,7 @@ mod tests {
         let c = WorkerConfig::from_vars(&vars(&[("REDIS", "redis://127.0.0.1:6379")])).unwrap();
         assert_eq!(c.capture.slot, "realtime");
         assert_eq!(c.capture.stream_max_age, Duration::from_secs(86400));
-        assert!(c.capture.exclude.contains(&"directus_sessions".to_string()));
+        assert!(c.capture.exclude.contains(&"directus_migrations".to_string()));
         let errs = WorkerConfig::from_vars(&vars(&[
             ("REALTIME_SLOT", "Bad-Name"),
             ("REALTIME_CHUNK_ROWS", "0"),

@@ -62,8 +62,10 @@ pub struct Authenticated {
 pub enum Proof {
     /// No credentials: the public policies.
     Public,
-    /// A signed access token; `session` is its session claim (session-mode login), which must still
-    /// exist in `directus_sessions`.
+    /// A signed access token; `session` is its session claim (session-mode login), or the session a
+    /// WebSocket `auth` with credentials or a refresh token opened, which must still exist in
+    /// `directus_sessions`. (A refresh made elsewhere with that session's token rotates it: the socket
+    /// then ends at the next check of its user, as its access token would at expiry.)
     Jwt { session: Option<String> },
     /// A static token (`directus_users.token`), kept as a hash.
     StaticToken(u128),
@@ -645,6 +647,10 @@ impl AuthService {
         let mut a = self
             .verify_access_token(&tokens.access_token, client.ip)
             .await?;
+        // The connection rests on the session it just opened: a logout (the row deleted) ends it.
+        a.proof = Proof::Jwt {
+            session: Some(tokens.refresh_token.clone()),
+        };
         a.refresh_token = Some(tokens.refresh_token);
         Ok(a)
     }
@@ -658,6 +664,10 @@ impl AuthService {
         let mut a = self
             .verify_access_token(&tokens.access_token, client.ip)
             .await?;
+        // The connection rests on the session it just opened: a logout (the row deleted) ends it.
+        a.proof = Proof::Jwt {
+            session: Some(tokens.refresh_token.clone()),
+        };
         a.refresh_token = Some(tokens.refresh_token);
         Ok(a)
     }

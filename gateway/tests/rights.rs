@@ -293,4 +293,70 @@ async fn a_permission_whose_filter_is_invalid_ends_only_the_subscriptions_that_u
         .unwrap();
     let m = next(&mut ws).await;
     assert_eq!(created(&m, "m")["text"], "still here");
+    // The workers name the broken row, so the administrator knows what to fix.
+    let id: i32 = sql
+        .query_one(
+            "SELECT id FROM directus_permissions WHERE policy = $1::text::uuid AND collection = 'articles'",
+            &[&pu],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let wanted = format!("permission={id}");
+    testkit::wait::eventually(WAIT, "a worker to log the broken permission", || {
+        let logs: Vec<String> = c.workers.iter().map(|w| w.log()).collect();
+        let wanted = wanted.clone();
+        async move {
+            logs.iter().any(|l| {
+                l.lines().any(|line| {
+                    line.contains("broken filter")
+                        && line.contains(&wanted)
+                        && line.contains("Unknown filter operator")
+                })
+            })
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_logout_ends_the_sockets_its_session_authenticated() {
+    let c = Cluster::start(ClusterOptions {
+        gateways: 2,
+        workers: 1,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let sql = c.sql().await.unwrap();
+    let u = create_user(&c, "l@example.com", "pw-l", false).await;
+    let pu = policy_of(&c, &u).await;
+    grant_read(&c, &pu, "articles", None, "*").await;
+    // Two sockets log in over the WebSocket (two sessions); a third uses a plain access token
+    // whose login made a third session.
+    let mut first = open_on(&c, 0).await;
+    let mut second = open_on(&c, 1).await;
+    let mut refresh = Vec::new();
+    for ws in [&mut first, &mut second] {
+        ws.send_json(&json!({"type":"auth","email":"l@example.com","password":"pw-l"}))
+            .await
+            .unwrap();
+        let ok = next(ws).await;
+        assert_eq!(ok["status"], "ok", "{ok}");
+        refresh.push(ok["refresh_token"].as_str().unwrap().to_owned());
+    }
+    sub(&mut first, "articles", "a").await;
+    sub(&mut second, "articles", "b").await;
+    // The first session logs out (as `POST /auth/logout` does: its row is deleted).
+    sql.execute("DELETE FROM directus_sessions WHERE token = $1", &[&refresh[0]])
+        .await
+        .unwrap();
+    let id = insert_article(&sql, "after logout", "published").await;
+    assert_eq!(
+        next(&mut first).await,
+        json!({"type":"auth","status":"error","error":{"code":"AUTH_FAILED","message":"Authentication failed."}})
+    );
+    first.expect_close(WAIT).await.unwrap();
+    // The other session of the same user keeps its socket and its events.
+    assert_eq!(created(&next(&mut second).await, "b")["id"], id);
 }

@@ -229,7 +229,10 @@ pub fn init(settings: &TelemetrySettings, quiet: &[&str]) -> Result<Telemetry, E
     }
     let fmt_filter =
         tracing_subscriber::EnvFilter::try_new(format!("{directives},{OTEL_TARGET}=off"))?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or a collector gets plain `key=value` text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match settings.log_format {
         LogFormat::Json => fmt.json().with_filter(fmt_filter).boxed(),
         LogFormat::Text => fmt.with_filter(fmt_filter).boxed(),

@@ -69,6 +69,31 @@ fn allowed_ops(directus_type: &str) -> &'static [&'static str] {
     }
 }
 
+/// Whether `op` (with its leading underscore) is a filter operator for some field type: what can be
+/// said of a permission's filter without the collection's columns (see [`check_structure`]).
+pub fn is_known_operator(op: &str) -> bool {
+    let name = op.strip_prefix('_').unwrap_or(op);
+    ["string", "integer", "uuid", "json", "boolean", "other"]
+        .iter()
+        .any(|t| allowed_ops(t).contains(&name))
+}
+
+/// Check what a filter's shape alone can break: it parses, and every operator exists. Binding against
+/// the collection (field names, operator per type, value types) is left to whoever has its columns.
+pub fn check_structure(value: &serde_json::Value) -> Result<(), QueryError> {
+    let raw = super::parse(value, &super::VarContext::default(), super::Limits::default())?;
+    fn walk(f: &super::RawFilter) -> Result<(), QueryError> {
+        match f {
+            super::RawFilter::And(parts) | super::RawFilter::Or(parts) => parts.iter().try_for_each(walk),
+            super::RawFilter::Cond { op, field, .. } if !is_known_operator(op) => Err(QueryError::invalid(format!(
+                "Unknown filter operator \"{op}\" on field \"{field}\""
+            ))),
+            super::RawFilter::Cond { .. } => Ok(()),
+        }
+    }
+    walk(&raw)
+}
+
 /// Kinds compared through their text output (`col::text` in SQL).
 pub fn compares_as_text(kind: &Kind) -> bool {
     matches!(

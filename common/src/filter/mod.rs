@@ -23,7 +23,7 @@ mod eval;
 mod parse;
 mod vars;
 
-pub use bind::{bind, compares_as_text, to_datum};
+pub use bind::{bind, check_structure, compares_as_text, is_known_operator, to_datum};
 pub use eval::{like, pg_lower};
 pub use parse::{RawFilter, RawValue, parse};
 pub use vars::{Val, VarContext, adjust_now, required_lookups};

@@ -21,8 +21,12 @@ pub struct AssemblerConfig {
     pub chunk_rows: usize,
     /// ...or this many bytes of values.
     pub chunk_bytes: usize,
-    /// Tables whose changes are dropped (e.g. `directus_sessions`: refresh tokens never leave PostgreSQL).
+    /// Tables whose changes are dropped (e.g. `directus_migrations`).
     pub exclude: HashSet<String>,
+    /// Tables of which only deletes pass, cut down to the named columns: `directus_sessions` → its
+    /// `user`, so a logout reaches the gateways (`common::rights`) while refresh tokens never leave
+    /// PostgreSQL. A table both here and in `exclude` is excluded.
+    pub ends_only: HashMap<String, Vec<String>>,
     /// (table, column) pairs whose non-null values are replaced by [`MASK`].
     pub mask: HashSet<(String, String)>,
 }
@@ -32,9 +36,9 @@ impl Default for AssemblerConfig {
         AssemblerConfig {
             chunk_rows: 1000,
             chunk_bytes: 1 << 20,
-            exclude: ["directus_sessions", "directus_migrations"]
+            exclude: ["directus_migrations"].into_iter().map(String::from).collect(),
+            ends_only: [("directus_sessions".to_owned(), vec!["user".to_owned()])]
                 .into_iter()
-                .map(String::from)
                 .collect(),
             mask: [
                 ("directus_users", "password"),
@@ -86,6 +90,8 @@ struct Cached {
     rel: Relation,
     excluded: bool,
     masked: Vec<usize>,
+    /// For an [`AssemblerConfig::ends_only`] table: the columns kept (`rel` lists only those).
+    kept: Option<Vec<usize>>,
 }
 
 struct OpenTx {
@@ -216,12 +222,29 @@ impl Assembler {
                     .map(|(i, _)| i)
                     .collect();
                 let excluded = self.cfg.exclude.contains(&rel.table);
+                let mut rel = rel;
+                let kept = self.cfg.ends_only.get(&rel.table).map(|names| {
+                    let kept: Vec<usize> = (0..rel.columns.len())
+                        .filter(|&i| names.contains(&rel.columns[i].name))
+                        .collect();
+                    // Without its key the cut-down row is not a key row: a key-only old row then
+                    // carries nothing of it, which readers treat as unknown.
+                    rel.columns = kept
+                        .iter()
+                        .map(|&i| RelColumn {
+                            key: false,
+                            ..rel.columns[i].clone()
+                        })
+                        .collect();
+                    kept
+                });
                 self.relations.insert(
                     rel.id,
                     Cached {
                         rel,
                         excluded,
                         masked,
+                        kept,
                     },
                 );
                 Ok(flushed.map(Output::Chunk))
@@ -230,12 +253,18 @@ impl Assembler {
                 Ok(None)
             }
             Message::Insert { rel, new } => {
+                if self.ends_only(rel)? {
+                    return Ok(None);
+                }
                 let Some(new) = self.row(rel, new)? else {
                     return Ok(None);
                 };
                 self.add(rel, Change::Insert { rel, new })
             }
             Message::Update { rel, old, new } => {
+                if self.ends_only(rel)? {
+                    return Ok(None);
+                }
                 let Some(mut new) = self.row(rel, new)? else {
                     return Ok(None);
                 };
@@ -280,7 +309,7 @@ impl Assembler {
                         .relations
                         .get(&r)
                         .ok_or(AssembleError::UnknownRelation(r))?;
-                    if !c.excluded {
+                    if !c.excluded && c.kept.is_none() {
                         kept.push(r);
                     }
                 }
@@ -296,7 +325,17 @@ impl Assembler {
         }
     }
 
-    /// Check the row against its relation and mask secrets; `None` if the relation is excluded.
+    /// Whether `rel` is an [`AssemblerConfig::ends_only`] table (its inserts and updates are dropped).
+    fn ends_only(&self, rel: u32) -> Result<bool, AssembleError> {
+        let c = self
+            .relations
+            .get(&rel)
+            .ok_or(AssembleError::UnknownRelation(rel))?;
+        Ok(c.kept.is_some())
+    }
+
+    /// Check the row against its relation, mask secrets and cut an ends-only row down to its kept
+    /// columns; `None` if the relation is excluded.
     fn row(&self, rel: u32, mut cells: Row) -> Result<Option<Row>, AssembleError> {
         let c = self
             .relations
@@ -304,6 +343,16 @@ impl Assembler {
             .ok_or(AssembleError::UnknownRelation(rel))?;
         if c.excluded {
             return Ok(None);
+        }
+        if let Some(kept) = &c.kept {
+            if kept.last().is_some_and(|&i| i >= cells.len()) {
+                return Err(AssembleError::ColumnCount {
+                    rel,
+                    expected: kept.last().map_or(0, |i| i + 1),
+                    got: cells.len(),
+                });
+            }
+            return Ok(Some(kept.iter().map(|&i| std::mem::replace(&mut cells[i], Cell::Null)).collect()));
         }
         if cells.len() != c.rel.columns.len() {
             return Err(AssembleError::ColumnCount {
@@ -591,19 +640,24 @@ mod tests {
                     "public",
                     "directus_sessions",
                     b'f',
-                    &[(true, "token", 1043)],
+                    &[(true, "token", 1043), (false, "user", 2950), (false, "ip", 1043)],
                 ),
-                enc::insert(3, &[t("secret-refresh-token")]),
+                enc::insert(3, &[t("secret-refresh-token"), t("u"), t("1.2.3.4")]),
                 users,
                 enc::insert(2, &[t("u"), t("$argon2id$..."), t("happy")]),
                 enc::commit(1, 2, 0),
                 enc::begin(3, 0, 2),
-                enc::insert(3, &[t("another")]),
+                enc::update(3, Some((false, &[t("secret-refresh-token"), t("u"), Cell::Null])), &[t("rotated"), t("u"), Cell::Null]),
+                enc::insert(3, &[t("another"), t("u"), Cell::Null]),
                 enc::commit(3, 4, 0),
+                enc::begin(5, 0, 3),
+                enc::delete(3, false, &[t("rotated"), t("u"), t("1.2.3.4")]),
+                enc::delete(3, true, &[t("another"), Cell::Null, Cell::Null]),
+                enc::commit(5, 6, 0),
             ],
         );
         let Output::Chunk(c) = &out[0] else { panic!() };
-        assert_eq!(c.changes.len(), 1, "sessions are never captured");
+        assert_eq!(c.changes.len(), 1, "a session's start is never captured");
         assert!(c.relations.iter().all(|r| r.table != "directus_sessions"));
         assert_eq!(
             c.changes[0],
@@ -612,7 +666,28 @@ mod tests {
                 new: vec![t("u"), t(MASK), t("happy")]
             }
         );
-        assert_eq!(out[1], Output::Empty { end_lsn: 4 });
+        assert_eq!(out[1], Output::Empty { end_lsn: 4 }, "nor its refresh");
+        // Its end is, as the user alone: the token never leaves PostgreSQL.
+        let Output::Chunk(c) = &out[2] else { panic!() };
+        let sessions = &c.relations[0];
+        assert_eq!(sessions.table, "directus_sessions");
+        assert_eq!(sessions.columns.len(), 1);
+        assert_eq!((sessions.columns[0].name.as_str(), sessions.columns[0].key), ("user", false));
+        assert_eq!(
+            c.changes,
+            vec![
+                Change::Delete {
+                    rel: 3,
+                    old: OldRow { key_only: false, cells: vec![t("u")] }
+                },
+                Change::Delete {
+                    rel: 3,
+                    old: OldRow { key_only: true, cells: vec![Cell::Null] }
+                },
+            ]
+        );
+        let text = format!("{out:?}");
+        assert!(!text.contains("secret-refresh-token") && !text.contains("rotated") && !text.contains("another"));
     }
 
     #[test]

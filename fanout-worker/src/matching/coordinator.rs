@@ -351,6 +351,17 @@ impl Coordinator {
         let Some(chunk) = chunk else {
             return 0;
         };
+        // Said once, when the change is first read (a replay of it does not repeat it).
+        for b in common::rights::broken_permissions(chunk, &self.schema) {
+            tracing::warn!(
+                permission = %b.id,
+                policy = %b.policy,
+                collection = %b.collection,
+                action = %b.action,
+                reason = %b.reason,
+                "a permission row has a broken filter: the subscriptions it governs end with FORBIDDEN until it is fixed"
+            );
+        }
         self.announce_rights(
             chunk,
             |me: &Coordinator| {
