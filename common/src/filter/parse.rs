@@ -136,7 +136,7 @@ fn parse_field(
             return Ok(RawFilter::Cond {
                 field: field.into(),
                 op: "_eq".into(),
-                value: RawValue::One(coerce(resolve(primitive, ctx))),
+                value: RawValue::One(coerce(resolve(primitive, ctx)?)),
             });
         }
     };
@@ -169,12 +169,12 @@ fn parse_field(
             }
             o if o.starts_with('_') => {
                 let value = if LIST_OPS.contains(&o) {
-                    let items = to_list(arg, ctx);
+                    let items = to_list(arg, ctx)?;
                     spend(budget, 1 + items.len())?;
                     RawValue::List(items)
                 } else {
                     spend(budget, 1)?;
-                    RawValue::One(coerce(resolve(arg, ctx)))
+                    RawValue::One(coerce(resolve(arg, ctx)?))
                 };
                 validate_value(o, &value)?;
                 parts.push(RawFilter::Cond {
@@ -198,7 +198,7 @@ fn parse_field(
 
 /// `_in`/`_nin`/`_between` values: an array, an object's values, or a CSV string; variables resolving to
 /// arrays are flattened in.
-fn to_list(arg: &Json, ctx: &VarContext) -> Vec<Val> {
+fn to_list(arg: &Json, ctx: &VarContext) -> Result<Vec<Val>, QueryError> {
     let items: Vec<Json> = match arg {
         Json::Array(a) => a.clone(),
         Json::Object(o) => o.values().cloned().collect(),
@@ -209,14 +209,14 @@ fn to_list(arg: &Json, ctx: &VarContext) -> Vec<Val> {
     };
     let mut out = Vec::with_capacity(items.len());
     for item in &items {
-        match resolve(item, ctx) {
+        match resolve(item, ctx)? {
             Val::Json(Json::Array(inner)) => {
                 out.extend(inner.into_iter().map(|v| coerce(Val::Json(v))))
             }
             v => out.push(coerce(v)),
         }
     }
-    out
+    Ok(out)
 }
 
 /// `"true"`, `"false"`, `"null"`, `"NULL"` become JSON values, everywhere in a filter.

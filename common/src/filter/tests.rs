@@ -219,3 +219,16 @@ fn lookups_are_collected() {
         ]
     );
 }
+
+#[test]
+fn a_now_adjustment_that_does_not_parse_is_invalid_and_named() {
+    let ctx = VarContext::default();
+    let e = parse(&json!({"at": {"_gte": "$NOW(-7 dayz)"}}), &ctx, Limits::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Invalid query. Invalid \"$NOW\" adjustment \"-7 dayz\" in \"$NOW(-7 dayz)\"."
+    );
+    let e = parse(&json!({"at": {"_in": ["$NOW(soon)"]}}), &ctx, Limits::default()).unwrap_err();
+    assert!(e.to_string().contains("\"soon\""), "{e}");
+    assert!(parse(&json!({"at": {"_gte": "$NOW(-7 days)"}}), &ctx, Limits::default()).is_ok());
+}

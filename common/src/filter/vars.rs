@@ -52,22 +52,25 @@ pub fn required_lookups(filter: &Json) -> Vec<String> {
     out
 }
 
-/// Resolve a dynamic variable, or return the value unchanged.
-pub(super) fn resolve(v: &Json, ctx: &VarContext) -> Val {
+/// Resolve a dynamic variable, or return the value unchanged. A `$NOW(...)` whose adjustment does not
+/// parse is an error naming it (it would otherwise silently mean "now").
+pub(super) fn resolve(v: &Json, ctx: &VarContext) -> Result<Val, super::QueryError> {
     let Json::String(s) = v else {
-        return Val::Json(v.clone());
+        return Ok(Val::Json(v.clone()));
     };
     if let Some(rest) = s.strip_prefix("$NOW") {
         if rest.is_empty() {
-            return Val::Instant(ctx.now_micros);
+            return Ok(Val::Instant(ctx.now_micros));
         }
         if let Some(adj) = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
-            return Val::Instant(adjust_now(ctx.now_micros, adj).unwrap_or(ctx.now_micros));
+            return adjust_now(ctx.now_micros, adj).map(Val::Instant).ok_or_else(|| {
+                super::QueryError::invalid(format!("Invalid \"$NOW\" adjustment \"{adj}\" in \"{s}\""))
+            });
         }
-        return Val::Json(v.clone());
+        return Ok(Val::Json(v.clone()));
     }
     let strs = |v: &[String]| Json::Array(v.iter().cloned().map(Json::String).collect());
-    match s.as_str() {
+    Ok(match s.as_str() {
         "$CURRENT_USER" => Val::Json(ctx.user.clone().map_or(Json::Null, Json::String)),
         "$CURRENT_ROLE" => Val::Json(ctx.role.clone().map_or(Json::Null, Json::String)),
         "$CURRENT_ROLES" => Val::Json(strs(&ctx.roles)),
@@ -76,7 +79,7 @@ pub(super) fn resolve(v: &Json, ctx: &VarContext) -> Val {
             Val::Json(ctx.lookups.get(s).cloned().unwrap_or(Json::Null))
         }
         _ => Val::Json(v.clone()),
-    }
+    })
 }
 
 /// `$NOW(<adjustment>)`: an optional sign, a number (decimals allowed), optional spaces and a unit
