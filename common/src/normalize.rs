@@ -43,6 +43,29 @@ pub struct Projection {
     /// `directus_fields.special` casts and `conceal`, applied when encoding the value.
     #[serde(default, skip_serializing_if = "crate::value::Special::is_empty")]
     pub special: crate::value::Special,
+    /// A many-to-one field shown as the related item: the index of its [`RelatedField`] in
+    /// [`NormalizedQuery::relations`]. The column holds the related item's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<u16>,
+}
+
+/// The related item a many-to-one field shows (`author.email`, `author.*`), read by key from its
+/// collection with the subscriber's permissions there. Self-contained (table, columns and kinds), so a
+/// worker that has no schema can read and encode it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RelatedField {
+    pub collection: String,
+    /// PostgreSQL schema of its table.
+    pub schema: String,
+    pub primary_key: String,
+    /// The rows the subscriber may read there (OR of its read permissions; TRUE for an admin). A key
+    /// whose row this excludes shows as `null`, as Directus returns it.
+    pub filter: Filter,
+    /// The related item's fields, in output order (nested relations point further into the list).
+    pub fields: Vec<Projection>,
+    /// The columns to read, primary key first, with their kinds: the fields and what their visibility
+    /// conditions look at.
+    pub columns: Vec<(String, Kind)>,
 }
 
 /// The canonical form of a subscription, shared by everyone who subscribes to the same thing.
@@ -58,6 +81,10 @@ pub struct NormalizedQuery {
     pub filter: Filter,
     pub fields: Vec<Projection>,
     pub primary_key: String,
+    /// The related items the fields show, referenced by [`Projection::relation`]; empty for a query
+    /// without relational fields (whose canonical form, and id, are as before relations existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relations: Vec<RelatedField>,
 }
 
 /// 128-bit stable hash of a [`NormalizedQuery`]'s canonical JSON (xxh3-128, seed 0).
@@ -98,6 +125,77 @@ impl NormalizedQuery {
     pub fn wants(&self, event: EventKind) -> bool {
         self.events & event.bit() != 0
     }
+
+    /// Whether an event's payload needs related items read from the database.
+    pub fn is_relational(&self) -> bool {
+        !self.relations.is_empty()
+    }
+}
+
+/// The other collections a relational field reaches, with the caller's read access there.
+pub trait Related {
+    fn get(&self, collection: &str) -> Option<(&Collection, &Access)>;
+}
+
+/// No related collections: relational fields are unknown fields.
+pub struct NoRelated;
+
+impl Related for NoRelated {
+    fn get(&self, _: &str) -> Option<(&Collection, &Access)> {
+        None
+    }
+}
+
+impl Related for std::collections::HashMap<String, (Collection, Access)> {
+    fn get(&self, collection: &str) -> Option<(&Collection, &Access)> {
+        self.get(collection).map(|(c, a)| (c, a))
+    }
+}
+
+/// Directus's `MAX_RELATIONAL_DEPTH` default: at most this many dot-separated parts in a field.
+pub const MAX_RELATIONAL_DEPTH: usize = 10;
+
+/// The related collections `fields` reach from `coll` through many-to-one relations (first part of each
+/// dotted path, recursively), so a caller can look up its access there before [`normalize_with`].
+pub fn related_collections(
+    coll: &Collection,
+    fields: &[String],
+    schema: &impl Fn(&str) -> Option<Collection>,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    fn walk(
+        coll: &Collection,
+        paths: Vec<&str>,
+        schema: &dyn Fn(&str) -> Option<Collection>,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) {
+        if depth > MAX_RELATIONAL_DEPTH {
+            return;
+        }
+        let mut by_root: Vec<(&str, Vec<&str>)> = Vec::new();
+        for p in paths {
+            if let Some((root, rest)) = p.split_once('.') {
+                match by_root.iter_mut().find(|(r, _)| *r == root) {
+                    Some((_, rests)) => rests.push(rest),
+                    None => by_root.push((root, vec![rest])),
+                }
+            }
+        }
+        for (root, rests) in by_root {
+            let Some(target) = coll.m2o_target(root) else {
+                continue;
+            };
+            if !out.iter().any(|c| c == target) {
+                out.push(target.to_owned());
+            }
+            if let Some(next) = schema(target) {
+                walk(&next, rests, schema, out, depth + 1);
+            }
+        }
+    }
+    walk(coll, fields.iter().map(String::as_str).collect(), schema, &mut out, 1);
+    out
 }
 
 /// How the `init` snapshot is read.
@@ -124,7 +222,7 @@ pub struct Normalized {
     pub snapshot: SnapshotSpec,
 }
 
-/// Build the canonical query and snapshot spec, or the error to send.
+/// Build the canonical query and snapshot spec, or the error to send (no relational fields).
 pub fn normalize(
     coll: &Collection,
     event: Option<EventKind>,
@@ -134,66 +232,45 @@ pub fn normalize(
     vars: &VarContext,
     limits: NormalizeLimits,
 ) -> Result<Normalized, QueryError> {
-    // Permission rules, bound against this collection. A rule that does not parse is the
-    // administrator's error, not the subscriber's: FORBIDDEN, saying so.
-    let rules: Vec<(Filter, Option<Vec<String>>)> = match access {
-        Access::Admin => Vec::new(),
-        Access::Rules(rules) if rules.is_empty() => {
-            // No read permission at all: Directus's collection text, whatever the subscription asks for.
-            return Err(QueryError::unknown_collection(&coll.name));
-        }
-        Access::Rules(rules) => rules
-            .iter()
-            .map(|r| {
-                let f = match &r.filter {
-                    None => Filter::TRUE,
-                    Some(Json::Object(o)) if o.is_empty() => Filter::TRUE,
-                    Some(j) => filter::parse(j, vars, limits.filter)
-                        .and_then(|raw| filter::bind(&raw, coll))
-                        .map_err(|e| broken_permission(coll, &e))?,
-                };
-                Ok((f, r.fields.clone()))
-            })
-            .collect::<Result<_, QueryError>>()?,
-    };
-    let is_admin = matches!(access, Access::Admin);
-    let field_allowed = |field: &str| -> bool {
-        is_admin
-            || rules.iter().any(|(_, fields)| {
-                fields
-                    .as_ref()
-                    .is_none_or(|fs| fs.iter().any(|f| f == "*" || f == field))
-            })
-    };
+    normalize_with(coll, event, item, params, access, vars, limits, &NoRelated)
+}
 
-    // Fields: `*` expands to the readable columns in table order; explicit fields must exist and be readable.
-    let mut names: Vec<String> = Vec::new();
+/// [`normalize`], with the collections relational fields reach.
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_with(
+    coll: &Collection,
+    event: Option<EventKind>,
+    item: Option<&str>,
+    params: &QueryParams,
+    access: &Access,
+    vars: &VarContext,
+    limits: NormalizeLimits,
+    related: &dyn Related,
+) -> Result<Normalized, QueryError> {
+    let rules = bind_rules(coll, access, vars, limits, "")?;
+    let is_admin = matches!(access, Access::Admin);
+    let field_allowed = |field: &str| may_read(&rules, is_admin, field);
+
+    // Fields: `*` expands to the readable columns in table order; explicit fields must exist and be
+    // readable; `a.b` shows the related item of many-to-one `a`.
+    let mut relations: Vec<RelatedField> = Vec::new();
     let mut unknown: Vec<String> = Vec::new();
-    for f in &params.fields {
-        if f.contains('.') || f.contains(':') {
-            return Err(QueryError::invalid(format!(
-                "Relational fields such as \"{f}\" are not supported in subscriptions yet"
-            )));
-        }
-        if f.contains('(') {
-            return Err(QueryError::invalid(format!(
-                "Function fields such as \"{f}\" are not supported in subscriptions"
-            )));
-        }
-        if f == "*" {
-            for c in &coll.columns {
-                if field_allowed(&c.name) && !names.contains(&c.name) {
-                    names.push(c.name.clone());
-                }
-            }
-        } else if coll.column(f).is_some() && field_allowed(f) {
-            if !names.contains(f) {
-                names.push(f.clone());
-            }
-        } else if !unknown.contains(f) {
-            unknown.push(f.clone());
-        }
-    }
+    let fields = project_fields(
+        coll,
+        &rules,
+        is_admin,
+        &params.fields,
+        "",
+        1,
+        &mut Level {
+            related,
+            vars,
+            limits,
+            relations: &mut relations,
+        },
+        &mut unknown,
+    )?;
+    let names: Vec<String> = fields.iter().map(|p| p.field.clone()).collect();
 
     // Sort fields must exist and be readable too.
     let sort: Vec<(String, bool)> = match &params.sort {
@@ -293,14 +370,6 @@ pub fn normalize(
     ]);
     row_filter.canonicalize();
 
-    let fields = names
-        .iter()
-        .map(|name| Projection {
-            field: name.clone(),
-            when: field_condition(name, &rules, is_admin),
-            special: coll.column(name).map(|c| c.special).unwrap_or_default(),
-        })
-        .collect();
 
     let events = match event {
         Some(e) => e.bit(),
@@ -314,6 +383,7 @@ pub fn normalize(
             filter: row_filter,
             fields,
             primary_key: coll.primary_key.clone(),
+            relations,
         },
         snapshot: SnapshotSpec {
             sort,
@@ -323,6 +393,215 @@ pub fn normalize(
             permission_filter,
         },
     })
+}
+
+type Rules = Vec<(Filter, Option<Vec<String>>)>;
+
+/// The caller's read rules for `coll`, bound against it. A rule that does not parse is the
+/// administrator's error, not the subscriber's: FORBIDDEN, saying so. No rule at all: Directus's
+/// collection text (`path`: where the collection was reached).
+fn bind_rules(
+    coll: &Collection,
+    access: &Access,
+    vars: &VarContext,
+    limits: NormalizeLimits,
+    path: &str,
+) -> Result<Rules, QueryError> {
+    match access {
+        Access::Admin => Ok(Vec::new()),
+        Access::Rules(rules) if rules.is_empty() => Err(QueryError::Forbidden(
+            crate::protocol::msg_forbidden_collection(&coll.name, path),
+        )),
+        Access::Rules(rules) => rules
+            .iter()
+            .map(|r| {
+                let f = match &r.filter {
+                    None => Filter::TRUE,
+                    Some(Json::Object(o)) if o.is_empty() => Filter::TRUE,
+                    Some(j) => filter::parse(j, vars, limits.filter)
+                        .and_then(|raw| filter::bind(&raw, coll))
+                        .map_err(|e| broken_permission(coll, &e))?,
+                };
+                Ok((f, r.fields.clone()))
+            })
+            .collect(),
+    }
+}
+
+fn may_read(rules: &Rules, is_admin: bool, field: &str) -> bool {
+    is_admin
+        || rules.iter().any(|(_, fields)| {
+            fields
+                .as_ref()
+                .is_none_or(|fs| fs.iter().any(|f| f == "*" || f == field))
+        })
+}
+
+/// What every level of a relational projection shares.
+struct Level<'a> {
+    related: &'a dyn Related,
+    vars: &'a VarContext,
+    limits: NormalizeLimits,
+    relations: &'a mut Vec<RelatedField>,
+}
+
+/// The projection of `fields` on `coll` (reached at `path`, `depth` parts deep). Plain fields that do
+/// not exist or may not be read go to `unknown` (the caller reports them with its sort and filter
+/// fields); a relational field's problems are reported at once, with the path they were queried in.
+#[allow(clippy::too_many_arguments)]
+fn project_fields(
+    coll: &Collection,
+    rules: &Rules,
+    is_admin: bool,
+    fields: &[String],
+    path: &str,
+    depth: usize,
+    level: &mut Level<'_>,
+    unknown: &mut Vec<String>,
+) -> Result<Vec<Projection>, QueryError> {
+    let allowed = |f: &str| may_read(rules, is_admin, f);
+    let mut plain: Vec<String> = Vec::new();
+    // Relational fields in order of first mention, with the sub-paths asked of each.
+    let mut nested: Vec<(String, Vec<String>)> = Vec::new();
+    for f in fields {
+        if f.split('.').count() + depth - 1 > MAX_RELATIONAL_DEPTH {
+            return Err(QueryError::invalid("Max relational depth exceeded"));
+        }
+        if f.contains(':') {
+            return Err(QueryError::invalid(format!(
+                "Many-to-any fields such as \"{f}\" are not supported in subscriptions yet"
+            )));
+        }
+        if f.contains('(') {
+            return Err(QueryError::invalid(format!(
+                "Function fields such as \"{f}\" are not supported in subscriptions"
+            )));
+        }
+        if let Some((root, rest)) = f.split_once('.') {
+            if coll.column(root).is_some() && coll.m2o_target(root).is_some() {
+                if !allowed(root) {
+                    if !unknown.iter().any(|u| u == root) {
+                        unknown.push(root.to_owned());
+                    }
+                    continue;
+                }
+                match nested.iter_mut().find(|(r, _)| r == root) {
+                    Some((_, rests)) => rests.push(rest.to_owned()),
+                    None => nested.push((root.to_owned(), vec![rest.to_owned()])),
+                }
+            } else if !unknown.contains(f) {
+                // Not a relation here: Directus looks for a field of that whole name.
+                unknown.push(f.clone());
+            }
+            continue;
+        }
+        if f == "*" {
+            for c in &coll.columns {
+                if allowed(&c.name) && !plain.contains(&c.name) {
+                    plain.push(c.name.clone());
+                }
+            }
+        } else if coll.column(f).is_some() && allowed(f) {
+            if !plain.contains(f) {
+                plain.push(f.clone());
+            }
+        } else if !unknown.contains(f) {
+            unknown.push(f.clone());
+        }
+    }
+    if !path.is_empty() && !unknown.is_empty() {
+        return Err(QueryError::unknown_fields(&coll.name, unknown, path));
+    }
+    // A relational field takes the place of the column it expands (`*` then `author.*`), else comes
+    // after the plain fields, in order of first mention.
+    let mut names: Vec<(String, Option<Vec<String>>)> = plain.into_iter().map(|n| (n, None)).collect();
+    for (root, rests) in nested {
+        match names.iter_mut().find(|(n, _)| *n == root) {
+            Some((_, sub)) => *sub = Some(rests),
+            None => names.push((root, Some(rests))),
+        }
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for (name, sub) in names {
+        let relation = match sub {
+            None => None,
+            Some(rests) => {
+                let target = coll.m2o_target(&name).expect("checked above");
+                let sub_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                Some(related_field(target, &rests, &sub_path, depth + 1, level)?)
+            }
+        };
+        out.push(Projection {
+            when: field_condition(&name, rules, is_admin),
+            special: coll.column(&name).map(|c| c.special).unwrap_or_default(),
+            field: name,
+            relation,
+        });
+    }
+    Ok(out)
+}
+
+/// Resolve the related item `target` shows for `fields` (relative to it), reached at `path`.
+fn related_field(
+    target: &str,
+    fields: &[String],
+    path: &str,
+    depth: usize,
+    level: &mut Level<'_>,
+) -> Result<u16, QueryError> {
+    let Some((coll, access)) = level.related.get(target) else {
+        return Err(QueryError::Forbidden(crate::protocol::msg_forbidden_collection(
+            target, path,
+        )));
+    };
+    if crate::schema::is_unsubscribable(target) {
+        return Err(QueryError::Forbidden(crate::protocol::msg_forbidden_collection(
+            target, path,
+        )));
+    }
+    let rules = bind_rules(coll, access, level.vars, level.limits, path)?;
+    let is_admin = matches!(access, Access::Admin);
+    let mut unknown = Vec::new();
+    let projection = project_fields(
+        coll, &rules, is_admin, fields, path, depth, level, &mut unknown,
+    )?;
+    let mut filter = if is_admin {
+        Filter::TRUE
+    } else {
+        Filter::or(rules.iter().map(|(f, _)| f.clone()))
+    };
+    filter.canonicalize();
+    let mut columns: Vec<(String, Kind)> = vec![(coll.primary_key.clone(), coll.pk_column().kind.clone())];
+    let mut add = |name: &str| {
+        if !columns.iter().any(|(n, _)| n == name)
+            && let Some(c) = coll.column(name)
+        {
+            columns.push((name.to_owned(), c.kind.clone()));
+        }
+    };
+    for p in &projection {
+        add(&p.field);
+    }
+    for c in crate::project::condition_columns(&projection) {
+        add(c);
+    }
+    let index = level.relations.len();
+    if index >= u16::MAX as usize {
+        return Err(QueryError::invalid("Too many relational fields"));
+    }
+    level.relations.push(RelatedField {
+        collection: coll.name.clone(),
+        schema: coll.schema.clone(),
+        primary_key: coll.primary_key.clone(),
+        filter,
+        fields: projection,
+        columns,
+    });
+    Ok(index as u16)
 }
 
 fn collect_raw_fields(raw: &filter::RawFilter, f: &mut impl FnMut(&str)) {
@@ -575,12 +854,165 @@ mod tests {
             err.to_string(),
             "You don't have permission to access fields \"nope\", \"also\", \"zzz\" in collection \"articles\" or they do not exist. Queried in root."
         );
-        assert!(
+        // Without a relation, a dotted field is a field of that whole name (as in Directus).
+        assert_eq!(
             norm(json!({"fields": "author.name"}), &Access::Admin)
                 .unwrap_err()
-                .to_string()
-                .contains("Relational")
+                .to_string(),
+            "You don't have permission to access field \"author.name\" in collection \"articles\" or it does not exist. Queried in root."
         );
+    }
+
+    fn users() -> Collection {
+        let c = Column::new;
+        let mut u = Collection::new(
+            "directus_users",
+            "public",
+            "id",
+            vec![
+                c("id", Kind::Uuid),
+                c("email", Kind::Text),
+                c("first_name", Kind::Text),
+                c("role", Kind::Uuid),
+                c("status", Kind::Text),
+            ],
+        );
+        u.m2o.insert("role".into(), "directus_roles".into());
+        u
+    }
+
+    fn roles() -> Collection {
+        let c = Column::new;
+        Collection::new("directus_roles", "public", "id", vec![c("id", Kind::Uuid), c("name", Kind::Text)])
+    }
+
+    fn rel_norm(
+        q: Json,
+        access: &Access,
+        users_access: Access,
+        roles_access: Access,
+    ) -> Result<Normalized, QueryError> {
+        let mut articles = coll();
+        articles.m2o.insert("author".into(), "directus_users".into());
+        let related: std::collections::HashMap<String, (Collection, Access)> = [
+            ("directus_users".to_owned(), (users(), users_access)),
+            ("directus_roles".to_owned(), (roles(), roles_access)),
+        ]
+        .into_iter()
+        .collect();
+        let params = parse_query(q.as_object(), &QueryConfig::default())?;
+        normalize_with(
+            &articles,
+            None,
+            None,
+            &params,
+            access,
+            &VarContext::default(),
+            NormalizeLimits::default(),
+            &related,
+        )
+    }
+
+    #[test]
+    fn many_to_one_fields_show_the_related_item() {
+        let n = rel_norm(
+            json!({"fields": ["id", "title", "author.email"]}),
+            &Access::Admin,
+            Access::Admin,
+            Access::Admin,
+        )
+        .unwrap();
+        let names: Vec<_> = n.query.fields.iter().map(|p| (p.field.as_str(), p.relation)).collect();
+        assert_eq!(names, [("id", None), ("title", None), ("author", Some(0))]);
+        let r = &n.query.relations[0];
+        assert_eq!(r.collection, "directus_users");
+        assert!(r.filter.is_true());
+        assert_eq!(r.fields.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(), ["email"]);
+        assert_eq!(
+            r.columns,
+            vec![("id".to_owned(), Kind::Uuid), ("email".to_owned(), Kind::Text)]
+        );
+        assert!(n.query.canonical_json().contains("\"relations\""));
+
+        // `*` then `author.*`: the relation keeps the column's place; nested relations chain.
+        let n = rel_norm(
+            json!({"fields": ["*", "author.*", "author.role.name"]}),
+            &Access::Admin,
+            Access::Admin,
+            Access::Admin,
+        )
+        .unwrap();
+        let names: Vec<_> = n.query.fields.iter().map(|p| (p.field.as_str(), p.relation)).collect();
+        assert_eq!(names, [("id", None), ("title", None), ("status", None), ("author", Some(1))]);
+        let author = &n.query.relations[1];
+        let inner: Vec<_> = author.fields.iter().map(|p| (p.field.as_str(), p.relation)).collect();
+        assert_eq!(
+            inner,
+            [("id", None), ("email", None), ("first_name", None), ("role", Some(0)), ("status", None)]
+        );
+        assert_eq!(n.query.relations[0].collection, "directus_roles");
+
+        // A query without relations serialises as before relations existed (same ids).
+        let flat = rel_norm(json!({"fields": ["id"]}), &Access::Admin, Access::Admin, Access::Admin).unwrap();
+        assert!(!flat.query.canonical_json().contains("relation"));
+    }
+
+    #[test]
+    fn related_permissions_decide_rows_fields_and_errors() {
+        let rule = |filter: Option<Json>, fields: &[&str]| ReadRule {
+            filter,
+            fields: Some(fields.iter().map(|f| f.to_string()).collect()),
+        };
+        let users_rules = Access::Rules(vec![rule(
+            Some(json!({"status": {"_eq": "active"}})),
+            &["id", "first_name"],
+        )]);
+        let n = rel_norm(
+            json!({"fields": ["id", "author.first_name"]}),
+            &Access::Admin,
+            users_rules.clone(),
+            Access::Rules(vec![]),
+        )
+        .unwrap();
+        let r = &n.query.relations[0];
+        assert!(!r.filter.is_true(), "only the rows the subscriber may read");
+        assert!(r.columns.iter().any(|(c, _)| c == "first_name"));
+
+        let err = rel_norm(
+            json!({"fields": ["id", "author.email"]}),
+            &Access::Admin,
+            users_rules.clone(),
+            Access::Rules(vec![]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "You don't have permission to access field \"email\" in collection \"directus_users\" or it does not exist. Queried in \"author\"."
+        );
+        let err = rel_norm(
+            json!({"fields": ["author.role.name"]}),
+            &Access::Admin,
+            Access::Admin,
+            Access::Rules(vec![]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "You don't have permission to access collection \"directus_roles\" or it does not exist. Queried in \"author.role\"."
+        );
+        // The relation's own column must be readable in the root collection.
+        let err = rel_norm(
+            json!({"fields": ["id", "author.first_name"]}),
+            &Access::Rules(vec![rule(None, &["id", "title"])]),
+            users_rules,
+            Access::Rules(vec![]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("field \"author\" in collection \"articles\""), "{err}");
+        // Too deep.
+        let deep = vec!["author"; 11].join(".");
+        let err = rel_norm(json!({"fields": [deep]}), &Access::Admin, Access::Admin, Access::Admin).unwrap_err();
+        assert_eq!(err.to_string(), "Invalid query. Max relational depth exceeded.");
     }
 
     #[test]

@@ -4,8 +4,159 @@
 //! subscriber sees.
 
 use crate::filter::Filter;
-use crate::normalize::Projection;
-use crate::value::{self, Kind};
+use crate::normalize::{Projection, RelatedField};
+use crate::value::{self, Datum, Kind};
+use std::cell::OnceCell;
+use std::collections::HashMap;
+
+/// Placeholders for related items in encoded payloads, and the items once read.
+///
+/// A payload is encoded before its related items are known (a worker matches a change, then reads
+/// the items of every matched relational query in one statement each). Each related item is written
+/// as `NUL <n> NUL` — a byte no JSON text contains raw — and [`Marks::splice`] replaces it with the
+/// item's object, or `null` for a key whose row is missing or not readable. Items reached from items
+/// (`author.role.name`) are marked inside the objects and spliced recursively.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Marks {
+    /// (relation index, key text), by mark number.
+    requests: Vec<(u16, String)>,
+    by_request: HashMap<(u16, String), u32>,
+    objects: HashMap<u32, Vec<u8>>,
+    /// Requests before this one were handed out by [`Marks::wanted`].
+    handed: usize,
+}
+
+impl Marks {
+    pub fn new() -> Marks {
+        Marks::default()
+    }
+
+    fn mark(&mut self, rel: u16, key: &str, out: &mut Vec<u8>) {
+        let n = match self.by_request.get(&(rel, key.to_owned())) {
+            Some(&n) => n,
+            None => {
+                let n = self.requests.len() as u32;
+                self.requests.push((rel, key.to_owned()));
+                self.by_request.insert((rel, key.to_owned()), n);
+                n
+            }
+        };
+        out.push(0);
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.push(0);
+    }
+
+    /// Whether any placeholder was written.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// The keys to read, per relation, that were not asked for before (sorted, without repeats).
+    pub fn wanted(&mut self) -> Vec<(u16, Vec<String>)> {
+        let mut by_rel: Vec<(u16, Vec<String>)> = Vec::new();
+        for (rel, key) in &self.requests[self.handed..] {
+            match by_rel.iter_mut().find(|(r, _)| r == rel) {
+                Some((_, keys)) => keys.push(key.clone()),
+                None => by_rel.push((*rel, vec![key.clone()])),
+            }
+        }
+        self.handed = self.requests.len();
+        for (_, keys) in &mut by_rel {
+            keys.sort();
+            keys.dedup();
+        }
+        by_rel.sort_by_key(|(r, _)| *r);
+        by_rel
+    }
+
+    /// A row read for relation `rel`: encode it with `rel`'s projection (marking its own related
+    /// items). `cells` are in the order of [`RelatedField::columns`]; the first is the key.
+    pub fn found(&mut self, rel: u16, related: &RelatedField, cells: &[Option<String>]) {
+        let Some(Some(key)) = cells.first() else {
+            return;
+        };
+        let Some(&n) = self.by_request.get(&(rel, key.clone())) else {
+            return;
+        };
+        let row = TextRow::new(&related.columns, cells);
+        let mut object = Vec::with_capacity(64);
+        write_object_marked(&mut object, &related.fields, &row, self);
+        self.objects.insert(n, object);
+    }
+
+    /// `data` with every placeholder replaced by its item (recursively), or `null`.
+    pub fn splice(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 64 * self.objects.len());
+        self.splice_into(data, &mut out, 0);
+        out
+    }
+
+    fn splice_into(&self, data: &[u8], out: &mut Vec<u8>, depth: usize) {
+        let mut rest = data;
+        while let Some(start) = rest.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&rest[..start]);
+            let after = &rest[start + 1..];
+            let Some(len) = after.iter().position(|&b| b == 0) else {
+                // Not a mark we wrote; keep the bytes.
+                out.extend_from_slice(&rest[start..]);
+                return;
+            };
+            let n: Option<u32> = std::str::from_utf8(&after[..len]).ok().and_then(|t| t.parse().ok());
+            match n.and_then(|n| self.objects.get(&n)) {
+                Some(object) if depth < crate::normalize::MAX_RELATIONAL_DEPTH => {
+                    self.splice_into(object, out, depth + 1)
+                }
+                _ => out.extend_from_slice(b"null"),
+            }
+            rest = &after[len + 1..];
+        }
+        out.extend_from_slice(rest);
+    }
+}
+
+/// A row of text cells (PostgreSQL's output) with known column kinds, as read for a related item.
+pub struct TextRow<'a> {
+    columns: &'a [(String, Kind)],
+    cells: &'a [Option<String>],
+    parsed: Vec<OnceCell<Datum>>,
+}
+
+impl<'a> TextRow<'a> {
+    pub fn new(columns: &'a [(String, Kind)], cells: &'a [Option<String>]) -> TextRow<'a> {
+        TextRow {
+            columns,
+            cells,
+            parsed: (0..columns.len()).map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|(n, _)| n == name)
+    }
+}
+
+impl ProjectRow for TextRow<'_> {
+    fn cell(&self, field: &str) -> Option<(&Kind, Option<&str>)> {
+        let i = self.index(field)?;
+        Some((&self.columns[i].1, self.cells.get(i)?.as_deref()))
+    }
+
+    fn holds(&self, when: &Filter) -> bool {
+        static NULL: Datum = Datum::Null;
+        when.matches(&|name: &str| {
+            let Some(i) = self.index(name) else {
+                return Some(&NULL);
+            };
+            Some(self.parsed[i].get_or_init(|| {
+                self.cells
+                    .get(i)
+                    .and_then(|c| c.as_deref())
+                    .and_then(|t| value::parse_datum(&self.columns[i].1, t).ok())
+                    .unwrap_or(Datum::Null)
+            }))
+        })
+    }
+}
 
 /// A row a projection reads from.
 pub trait ProjectRow {
@@ -18,8 +169,29 @@ pub trait ProjectRow {
     fn holds(&self, when: &Filter) -> bool;
 }
 
-/// `{"field":value,...}` for `fields`.
+/// `{"field":value,...}` for `fields`. A relational field writes its key as is: use
+/// [`write_object_marked`] for a query with relations.
 pub fn write_object(out: &mut Vec<u8>, fields: &[Projection], row: &impl ProjectRow) {
+    write_fields(out, fields, row, None)
+}
+
+/// [`write_object`], with a [`Marks`] placeholder for each related item (filled in by
+/// [`Marks::splice`] once the items are read).
+pub fn write_object_marked(
+    out: &mut Vec<u8>,
+    fields: &[Projection],
+    row: &impl ProjectRow,
+    marks: &mut Marks,
+) {
+    write_fields(out, fields, row, Some(marks))
+}
+
+fn write_fields(
+    out: &mut Vec<u8>,
+    fields: &[Projection],
+    row: &impl ProjectRow,
+    mut marks: Option<&mut Marks>,
+) {
     out.push(b'{');
     for (n, p) in fields.iter().enumerate() {
         if n > 0 {
@@ -28,8 +200,12 @@ pub fn write_object(out: &mut Vec<u8>, fields: &[Projection], row: &impl Project
         value::write_json_string(out, &p.field);
         out.push(b':');
         let visible = p.when.as_ref().is_none_or(|w| row.holds(w));
-        match row.cell(&p.field) {
-            Some((kind, text)) if visible => value::write_json_value(out, kind, p.special, text),
+        match (row.cell(&p.field), p.relation, marks.as_deref_mut()) {
+            (Some((_, Some(key))), Some(rel), Some(marks)) if visible => marks.mark(rel, key, out),
+            (Some((_, None)), Some(_), Some(_)) => out.extend_from_slice(b"null"),
+            (Some((kind, text)), _, _) if visible => {
+                value::write_json_value(out, kind, p.special, text)
+            }
             _ => out.extend_from_slice(b"null"),
         }
     }
@@ -81,6 +257,7 @@ mod tests {
             field: field.into(),
             when,
             special: Special::default(),
+            relation: None,
         }
     }
 
@@ -117,5 +294,69 @@ mod tests {
         );
         assert_eq!(condition_columns(&fields), ["status"]);
         assert!(condition_columns(&fields[..2]).is_empty());
+    }
+
+    #[test]
+    fn related_items_are_marked_read_once_and_spliced_recursively() {
+        use crate::normalize::RelatedField;
+        let text = |f: &str| Projection {
+            field: f.into(),
+            when: None,
+            special: Special::default(),
+            relation: None,
+        };
+        let roles = RelatedField {
+            collection: "roles".into(),
+            schema: "public".into(),
+            primary_key: "id".into(),
+            filter: Filter::TRUE,
+            fields: vec![text("name")],
+            columns: vec![("id".into(), Kind::Int4), ("name".into(), Kind::Text)],
+        };
+        let users = RelatedField {
+            collection: "users".into(),
+            schema: "public".into(),
+            primary_key: "id".into(),
+            filter: Filter::TRUE,
+            fields: vec![text("email"), Projection { relation: Some(0), ..text("role") }],
+            columns: vec![
+                ("id".into(), Kind::Int4),
+                ("email".into(), Kind::Text),
+                ("role".into(), Kind::Int4),
+            ],
+        };
+        let fields = vec![text("id"), Projection { relation: Some(1), ..text("author") }];
+        let row = |id: &'static str, author: Option<&'static str>| {
+            Row([("id", (Kind::Int4, Some(id))), ("author", (Kind::Int4, author))].into_iter().collect())
+        };
+        let mut marks = Marks::new();
+        let mut data = b"[".to_vec();
+        for (i, r) in [row("1", Some("7")), row("2", Some("7")), row("3", None), row("4", Some("9"))]
+            .iter()
+            .enumerate()
+        {
+            if i > 0 {
+                data.push(b',');
+            }
+            write_object_marked(&mut data, &fields, r, &mut marks);
+        }
+        data.push(b']');
+        // One read per relation and level, each key once.
+        assert_eq!(marks.wanted(), vec![(1, vec!["7".to_owned(), "9".to_owned()])]);
+        assert!(marks.wanted().is_empty());
+        // User 9 is not readable (the read does not return it); user 7 shows role 5.
+        marks.found(1, &users, &[Some("7".into()), Some("a@x".into()), Some("5".into())]);
+        assert_eq!(marks.wanted(), vec![(0, vec!["5".to_owned()])]);
+        marks.found(0, &roles, &[Some("5".into()), Some("editor \u{0}\"quoted\"".into())]);
+        let out: serde_json::Value = serde_json::from_slice(&marks.splice(&data)).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!([
+                {"id": 1, "author": {"email": "a@x", "role": {"name": "editor \u{0}\"quoted\""}}},
+                {"id": 2, "author": {"email": "a@x", "role": {"name": "editor \u{0}\"quoted\""}}},
+                {"id": 3, "author": null},
+                {"id": 4, "author": null}
+            ])
+        );
     }
 }

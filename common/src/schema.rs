@@ -34,6 +34,9 @@ pub struct Collection {
     pub columns: Vec<Column>,
     /// `directus_collections.sort_field`, used as the default snapshot sort.
     pub sort_field: Option<String>,
+    /// Many-to-one relations: a column of this collection → the collection it points at (a foreign key,
+    /// or a `directus_relations` row with `many_collection` = this one).
+    pub m2o: BTreeMap<String, String>,
     index: HashMap<String, usize>,
 }
 
@@ -50,8 +53,14 @@ impl Collection {
             primary_key: primary_key.into(),
             columns,
             sort_field: None,
+            m2o: BTreeMap::new(),
             index,
         }
+    }
+
+    /// The collection column `field` points at, if it is a many-to-one relation.
+    pub fn m2o_target(&self, field: &str) -> Option<&str> {
+        self.m2o.get(field).map(String::as_str)
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {

@@ -72,6 +72,69 @@ pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> 
     Sql { text, params }
 }
 
+/// The related items of `rel` with the given keys that the subscriber may read: `SELECT <rel.columns
+/// as text> FROM <table> t WHERE t.<pk> = ANY(<keys>) AND <rel.filter>`, one statement for any number
+/// of keys. Result columns are `rel.columns`, in order (the key first), for [`crate::project::Marks::found`].
+pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
+    let mut params = vec![Some(array_literal(keys))];
+    let mut text = String::from("SELECT ");
+    for (i, (name, kind)) in rel.columns.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match kind {
+            Kind::Bpchar => {
+                let _ = write!(text, "t.{}", ident(name));
+            }
+            _ => {
+                let _ = write!(text, "t.{}::text", ident(name));
+            }
+        }
+    }
+    let pk_kind = rel
+        .columns
+        .first()
+        .map(|(_, k)| k.clone())
+        .unwrap_or(Kind::Text);
+    let pk = if compares_as_text(&pk_kind) || pk_kind == Kind::Bpchar {
+        format!("t.{}::text = ANY($1::text::text[])", ident(&rel.primary_key))
+    } else {
+        format!(
+            "t.{} = ANY($1::text::{}[])",
+            ident(&rel.primary_key),
+            pk_kind.sql_cast()
+        )
+    };
+    let _ = write!(
+        text,
+        " FROM {}.{} t WHERE {pk} AND {}",
+        ident(&rel.schema),
+        ident(&rel.collection),
+        filter(&rel.filter, &mut params)
+    );
+    Sql { text, params }
+}
+
+/// A PostgreSQL array literal of text elements: `{"a","b\"c"}`.
+fn array_literal(items: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for ch in item.chars() {
+            if ch == '"' || ch == '\\' {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
 /// A column as text the way its output function prints it. `char(n)` is selected as is: a cast to text
 /// would strip the padding that Directus (and the WAL) keep.
 fn select_expr(coll: &Collection, field: &str) -> String {

@@ -307,10 +307,47 @@ pub async fn load_schema(pool: &Pool, schema: &str) -> anyhow::Result<Schema> {
             special,
         });
     }
+    // Many-to-one relations: single-column foreign keys onto a table's primary key, then Directus's
+    // own `directus_relations` rows (which also describe relations without a constraint) over them.
+    let mut m2o: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
+    for r in client
+        .query(
+            "SELECT c.relname::text, a.attname::text, fc.relname::text
+             FROM pg_constraint k
+             JOIN pg_class c ON c.oid = k.conrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_class fc ON fc.oid = k.confrelid
+             JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.conkey[1]
+             WHERE k.contype = 'f' AND array_length(k.conkey, 1) = 1 AND n.nspname = $1 AND fn.nspname = $1",
+            &[&schema],
+        )
+        .await?
+    {
+        m2o.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+    }
+    if has("directus_relations") {
+        for r in client
+            .query(
+                &format!("SELECT many_collection::text, many_field::text, one_collection::text FROM {}.directus_relations WHERE one_collection IS NOT NULL", common::sql::ident(schema)),
+                &[],
+            )
+            .await?
+        {
+            m2o.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+        }
+    }
     let collections = columns.into_iter().filter_map(|(table, cols)| {
         let key = pk.get(&table)?;
         let mut c = Collection::new(&table, schema, key, cols);
         c.sort_field = sort_fields.get(&table).cloned();
+        if let Some(rels) = m2o.remove(&table) {
+            // Only relations of a column this table has, onto a table with a primary key.
+            c.m2o = rels
+                .into_iter()
+                .filter(|(field, target)| c.column(field).is_some() && pk.contains_key(target))
+                .collect();
+        }
         Some(c)
     });
     Ok(Schema::new(collections))

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use common::delivery::PgSnapshot;
 use common::error::RealtimeError;
 use common::filter::{Filter, QueryError, VarContext};
-use common::normalize::{NormalizeLimits, Normalized, NormalizedQuery, QueryId, normalize};
-use common::project::ProjectRow;
+use common::normalize::{NormalizeLimits, Normalized, NormalizedQuery, QueryId, normalize_with};
+use common::project::{Marks, ProjectRow};
 use common::protocol::{self, ErrorCode, SubscribeRequest};
 use common::query::{MetaKind, parse_query};
 use common::schema::Collection;
@@ -108,6 +108,51 @@ async fn find_collection(
     Ok(fresh.get(name).cloned())
 }
 
+/// The collections `fields` reach through many-to-one relations, with `acct`'s read access in each.
+/// A dotted field whose first part is not a known relation reloads the schema once (a relation
+/// created since), as an unknown collection does.
+async fn related_access(
+    state: &AppState,
+    acct: &Accountability,
+    coll: &Collection,
+    fields: &[String],
+) -> Result<HashMap<String, (Collection, common::normalize::Access)>, RealtimeError> {
+    let mut out = HashMap::new();
+    if !fields.iter().any(|f| f.contains('.')) {
+        return Ok(out);
+    }
+    let mut schema = state.schema.get();
+    let unknown_root = |schema: &common::schema::Schema| {
+        let here = schema.get(&coll.name);
+        fields.iter().any(|f| {
+            f.split_once('.')
+                .is_some_and(|(root, _)| here.is_none_or(|c| c.m2o_target(root).is_none()))
+        })
+    };
+    if unknown_root(&schema) {
+        schema = state
+            .schema
+            .refresh(&state.pool, &state.config.db_schema)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "schema reload failed");
+                unavailable()
+            })?;
+    }
+    let root = schema.get(&coll.name).cloned().unwrap_or_else(|| coll.clone());
+    let names = common::normalize::related_collections(&root, fields, &|n| schema.get(n).cloned());
+    for name in names {
+        let Some(c) = schema.get(&name) else { continue };
+        let access = state
+            .auth
+            .read_access(acct, &name)
+            .await
+            .map_err(|_| unavailable())?;
+        out.insert(name, (c.clone(), access));
+    }
+    Ok(out)
+}
+
 /// Validate and normalise a subscription for `acct` (no snapshot, no registration).
 async fn prepare(
     state: &AppState,
@@ -144,17 +189,24 @@ async fn prepare(
         .read_access(acct, collection)
         .await
         .map_err(|_| unavailable())?;
+    // The collections relational fields reach, with the caller's access there.
+    let related = related_access(state, acct, &coll, &params.fields).await?;
     let mut refs = Vec::new();
     if let Some(f) = &params.filter {
         refs.extend(common::filter::required_lookups(f));
     }
-    if let common::normalize::Access::Rules(rules) = &access {
-        for r in rules {
-            if let Some(f) = &r.filter {
-                refs.extend(common::filter::required_lookups(f));
+    let accesses = std::iter::once(&access).chain(related.values().map(|(_, a)| a));
+    for access in accesses {
+        if let common::normalize::Access::Rules(rules) = access {
+            for r in rules {
+                if let Some(f) = &r.filter {
+                    refs.extend(common::filter::required_lookups(f));
+                }
             }
         }
     }
+    refs.sort();
+    refs.dedup();
     let lookups = if refs.is_empty() {
         Default::default()
     } else {
@@ -175,7 +227,7 @@ async fn prepare(
     let limits = NormalizeLimits {
         filter: state.config.limits.filter,
     };
-    let normalized = normalize(
+    let normalized = normalize_with(
         &coll,
         req.event,
         req.item.as_deref(),
@@ -183,6 +235,7 @@ async fn prepare(
         &access,
         &vars,
         limits,
+        &related,
     )
     .map_err(|e| query_error(&e))?;
     if req.item.is_some() && matches!(collection, "directus_fields" | "directus_relations") {
@@ -416,13 +469,18 @@ async fn read_snapshot(
         .enumerate()
         .filter_map(|(i, n)| Some((*n, (i, &coll.column(n)?.kind))))
         .collect();
-    let encode_row = |out: &mut Vec<u8>, row: &tokio_postgres::Row| {
+    // Related items are marked while the rows are encoded, then read (in this snapshot) and spliced in.
+    let mut marks = query.is_relational().then(Marks::new);
+    let mut encode_row = |out: &mut Vec<u8>, row: &tokio_postgres::Row| {
         let view = SnapshotRow {
             row,
             columns: &columns,
             parsed: (0..names.len()).map(|_| OnceCell::new()).collect(),
         };
-        common::project::write_object(out, &query.fields, &view);
+        match marks.as_mut() {
+            Some(m) => common::project::write_object_marked(out, &query.fields, &view, m),
+            None => common::project::write_object(out, &query.fields, &view),
+        }
     };
     let mut data = Vec::with_capacity(64 + rows.len() * 64);
     if query.item.is_some() {
@@ -440,6 +498,10 @@ async fn read_snapshot(
             encode_row(&mut data, row);
         }
         data.push(b']');
+    }
+    if let Some(mut marks) = marks {
+        read_related(client, query, &mut marks).await?;
+        data = marks.splice(&data);
     }
     let meta = if spec.meta.is_empty() {
         None
@@ -470,4 +532,42 @@ async fn read_snapshot(
         Some(out)
     };
     Ok((data, meta))
+}
+
+/// Read the related items `marks` asks for, level by level (one statement per relation per level),
+/// in the snapshot's transaction.
+async fn read_related(
+    client: &tokio_postgres::Transaction<'_>,
+    query: &NormalizedQuery,
+    marks: &mut Marks,
+) -> Result<(), RealtimeError> {
+    loop {
+        let wanted = marks.wanted();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (rel, keys) in wanted {
+            let Some(related) = query.relations.get(rel as usize) else {
+                continue;
+            };
+            let sql = common::sql::related(related, &keys);
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = sql
+                .params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let rows = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.query(&sql.text, &params))
+                .await
+                .map_err(|_| service_error(ErrorCode::ServiceUnavailable, protocol::MSG_SNAPSHOT_TIMEOUT))?
+                .map_err(|e| {
+                    tracing::warn!(error = %e, collection = %related.collection, "related read failed");
+                    unavailable()
+                })?;
+            for row in &rows {
+                let cells: Vec<Option<String>> =
+                    (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect();
+                marks.found(rel, related, &cells);
+            }
+        }
+    }
 }

@@ -217,7 +217,7 @@ fn replication_config(cfg: &WorkerConfig) -> anyhow::Result<ReplicationConfig> {
         .with_buffer_size(4096))
 }
 
-async fn connect_pg(cfg: &WorkerConfig) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn connect_pg(cfg: &WorkerConfig) -> anyhow::Result<tokio_postgres::Client> {
     let mut pg: tokio_postgres::Config = cfg.db_url.parse()?;
     pg.options(SESSION_OPTIONS);
     pg.application_name(format!("realtime-worker:{}", cfg.worker_id));

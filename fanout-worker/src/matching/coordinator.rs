@@ -123,22 +123,34 @@ struct Outgoing {
     frames: u64,
 }
 
+/// A chunk's frames waiting for related items: nothing after them goes out before they do.
+struct Held {
+    xid: u32,
+    commit_time: i64,
+    /// Each frame, the gateways it goes to, and its query (for the related reads).
+    frames: Vec<(Frame, Vec<Arc<str>>, Arc<NormalizedQuery>)>,
+}
+
+/// One statement to run for held frames: its rows go back through [`Coordinator::related_rows`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelatedRead {
+    pub frame: usize,
+    pub relation: u16,
+    pub sql: common::sql::Sql,
+}
+
 impl Outgoing {
     fn append(&mut self, gw: &Arc<str>, f: &Frame, chunk: &TxChunk) {
+        self.append_at(gw, f, chunk.xid, chunk.commit_time)
+    }
+
+    fn append_at(&mut self, gw: &Arc<str>, f: &Frame, xid: u32, commit_time: i64) {
         self.frames += 1;
         let msg = self
             .msgs
             .entry(gw.clone())
             .or_insert_with(common::delivery::start_batch);
-        append_entry(
-            msg,
-            f.kind,
-            f.query,
-            f.pos,
-            chunk.xid,
-            chunk.commit_time,
-            &f.data,
-        );
+        append_entry(msg, f.kind, f.query, f.pos, xid, commit_time, &f.data);
     }
 
     /// A rights entry for `chunk` (which touched `deps`) to every gateway in `gateways`.
@@ -179,6 +191,8 @@ pub struct Coordinator {
     out: Outgoing,
     /// Reused between chunks.
     frames: Vec<Frame>,
+    /// Frames of relational queries (and everything matched with them) waiting for related items.
+    held: Option<Held>,
 }
 
 impl Coordinator {
@@ -195,6 +209,88 @@ impl Coordinator {
             replays: VecDeque::new(),
             out: Outgoing::default(),
             frames: Vec::new(),
+            held: None,
+        }
+    }
+
+    /// Route a chunk's frames: straight out, or (when some query needs related items read) held with
+    /// everything else of the chunk until [`Coordinator::release_held`], so the order between events
+    /// and announcements is the order of the stream.
+    fn route(&mut self, chunk: &TxChunk, routed: Vec<(Frame, Vec<Arc<str>>)>) {
+        assert!(self.held.is_none(), "related reads of a previous chunk are still open");
+        if routed.iter().any(|(f, _)| f.marks.is_some()) {
+            let frames = routed
+                .into_iter()
+                .filter_map(|(f, gws)| {
+                    let def = self.index.get(f.slot)?.def.clone();
+                    Some((f, gws, def))
+                })
+                .collect();
+            self.held = Some(Held {
+                xid: chunk.xid,
+                commit_time: chunk.commit_time,
+                frames,
+            });
+            return;
+        }
+        for (f, gws) in &routed {
+            for gw in gws {
+                self.out.append(gw, f, chunk);
+            }
+        }
+    }
+
+    /// The related items held frames still need: one statement per frame and relation, for all the
+    /// keys it shows. Empty once every item (and the items they show) was read.
+    pub fn related_reads(&mut self) -> Vec<RelatedRead> {
+        let Some(held) = &mut self.held else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, (f, _, def)) in held.frames.iter_mut().enumerate() {
+            let Some(marks) = &mut f.marks else { continue };
+            for (rel, keys) in marks.wanted() {
+                if let Some(r) = def.relations.get(rel as usize) {
+                    out.push(RelatedRead {
+                        frame: i,
+                        relation: rel,
+                        sql: common::sql::related(r, &keys),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows read for a [`RelatedRead`] (cells as text, in the statement's column order).
+    pub fn related_rows(&mut self, read: &RelatedRead, rows: &[Vec<Option<String>>]) {
+        let Some(held) = &mut self.held else { return };
+        let Some((f, _, def)) = held.frames.get_mut(read.frame) else {
+            return;
+        };
+        let (Some(marks), Some(rel)) = (&mut f.marks, def.relations.get(read.relation as usize)) else {
+            return;
+        };
+        for row in rows {
+            marks.found(read.relation, rel, row);
+        }
+    }
+
+    /// Whether frames wait for related items.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Every related item was read: splice them in and send the held frames, in order.
+    pub fn release_held(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        for (mut f, gws, _) in held.frames {
+            if let Some(marks) = f.marks.take() {
+                f.data = marks.splice(&f.data);
+            }
+            for gw in &gws {
+                self.out.append_at(gw, &f, held.xid, held.commit_time);
+            }
         }
     }
 
@@ -391,10 +487,22 @@ impl Coordinator {
             Scope::All,
             &mut frames,
         );
-        for f in &frames {
-            let entry = self.index.get(f.slot).expect("matched slot is live");
-            for gw in &entry.gateways {
-                self.out.append(gw, f, chunk);
+        if frames.iter().any(|f| f.marks.is_some()) {
+            let routed: Vec<(Frame, Vec<Arc<str>>)> = frames
+                .drain(..)
+                .map(|f| {
+                    let gws = self.index.get(f.slot).expect("matched slot is live").gateways.clone();
+                    (f, gws)
+                })
+                .collect();
+            self.route(chunk, routed);
+        } else {
+            // The common case: no related items, straight out without copying the routes.
+            for f in &frames {
+                let entry = self.index.get(f.slot).expect("matched slot is live");
+                for gw in &entry.gateways {
+                    self.out.append(gw, f, chunk);
+                }
             }
         }
         self.frames = frames;
@@ -543,20 +651,24 @@ impl Coordinator {
             Scope::Where(&wanted),
             &mut frames,
         );
-        for f in &frames {
+        let mut routed: Vec<(Frame, Vec<Arc<str>>)> = Vec::with_capacity(frames.len());
+        for f in frames.drain(..) {
             let Some(entry) = self.index.get(f.slot) else {
                 continue;
             };
-            if shards.contains(&entry.shard) {
-                for gw in &entry.gateways {
-                    self.out.append(gw, f, chunk);
-                }
+            let gws: Vec<Arc<str>> = if shards.contains(&entry.shard) {
+                entry.gateways.iter().cloned().collect()
             } else if let Some(rs) = pass.query_ranges.get(&f.slot) {
-                for (_, _, gw) in rs.iter().filter(|(f, t, _)| within(at, (*f, *t))) {
-                    self.out.append(gw, f, chunk);
-                }
-            }
+                rs.iter()
+                    .filter(|(f, t, _)| within(at, (*f, *t)))
+                    .map(|(_, _, gw)| gw.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            routed.push((f, gws));
         }
+        self.route(chunk, routed);
         self.frames = frames;
     }
 

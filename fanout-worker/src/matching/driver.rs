@@ -36,6 +36,8 @@ use tokio::sync::watch;
 const REPLAY_PAGE: usize = 256;
 /// How long one `XREAD` blocks when nothing arrives (bounds how late a membership tick can be).
 const BLOCK_MS: u64 = 200;
+/// How long one round of related-item reads may take before it is tried again.
+const RELATED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often owned shards' checkpoints are written while changes flow. Later only means a longer
 /// catch-up replay after a failover (gateways drop what they already have).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -92,6 +94,8 @@ struct Loop<'a> {
     last_checkpoint: Instant,
     epoch: String,
     scripts: Scripts,
+    /// For the related items of relational queries; connected on first use.
+    db: Option<tokio_postgres::Client>,
 }
 
 struct Scripts {
@@ -154,6 +158,7 @@ async fn session(
         core: Coordinator::new(&cfg.db_schema, cfg.shards, cursor, ctl),
         last_checkpoint: Instant::now(),
         epoch,
+        db: None,
         scripts: Scripts {
             load: Lua::new(common_io::scripts::LOAD_SHARD),
             checkpoint: Lua::new(common_io::scripts::CHECKPOINT),
@@ -378,6 +383,7 @@ impl Loop<'_> {
                     }
                     if let Some(chunk) = decode_entry(fields) {
                         self.core.replay_chunk(&pass, at, &chunk);
+                        self.read_related().await?;
                     }
                     if self.core.over_budget() {
                         self.flush().await?;
@@ -471,6 +477,7 @@ impl Loop<'_> {
                     span
                 });
             processed += self.core.match_live(at, chunk.as_ref()) as u64;
+            self.read_related().await?;
             if self.core.over_budget() {
                 self.flush().await?;
             }
@@ -487,6 +494,76 @@ impl Loop<'_> {
             .store(self.core.cursor().lsn, Ordering::Relaxed);
         self.flush().await?;
         self.checkpoint_due().await
+    }
+
+    /// Read the related items the chunk just matched needs (one statement per relational query and
+    /// relation, then one per level of nesting), and let its frames go. A read that fails is tried
+    /// again; the loop waits meanwhile, so nothing after the chunk overtakes it.
+    async fn read_related(&mut self) -> anyhow::Result<()> {
+        if !self.core.holding() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut statements = 0u64;
+        loop {
+            let reads = self.core.related_reads();
+            if reads.is_empty() {
+                break;
+            }
+            statements += reads.len() as u64;
+            let mut attempt = 0;
+            let results = loop {
+                match self.run_reads(&reads).await {
+                    Ok(rows) => break rows,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        self.db = None;
+                        tracing::warn!(error = format!("{e:#}"), attempt, "reading related items failed; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(e) => return Err(e.context("reading related items")),
+                }
+            };
+            for (read, rows) in reads.iter().zip(&results) {
+                self.core.related_rows(read, rows);
+            }
+        }
+        self.core.release_held();
+        metrics::counter!("realtime_related_reads_total").increment(statements);
+        metrics::histogram!("realtime_related_read_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn run_reads(
+        &mut self,
+        reads: &[super::coordinator::RelatedRead],
+    ) -> anyhow::Result<Vec<Vec<Vec<Option<String>>>>> {
+        if self.db.as_ref().is_none_or(|c| c.is_closed()) {
+            self.db = Some(crate::capture::connect_pg(self.cfg).await?);
+        }
+        let db = self.db.as_ref().expect("connected");
+        // Pipelined on the one connection.
+        let queries = reads.iter().map(|r| {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = r
+                .sql
+                .params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            async move { db.query(&r.sql.text, &params).await }
+        });
+        let results = tokio::time::timeout(RELATED_TIMEOUT, futures_util::future::try_join_all(queries))
+            .await
+            .map_err(|_| anyhow::anyhow!("related reads took longer than {RELATED_TIMEOUT:?}"))??;
+        Ok(results
+            .into_iter()
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect())
+                    .collect()
+            })
+            .collect())
     }
 
     /// Checkpoint every owned shard if the last checkpoint is old enough.

@@ -22,7 +22,7 @@ use common::delivery::Position;
 use common::event::EventKind;
 use common::filter::Filter;
 use common::normalize::{NormalizedQuery, QueryId};
-use common::project::{self, ProjectRow};
+use common::project::{self, Marks, ProjectRow};
 use common::value::{self, Datum, Kind};
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -110,9 +110,14 @@ impl Ctx<'_> {
         value::write_json_string(out, self.key_text(q, row).unwrap_or_default());
     }
 
-    /// `{"field":value,...}` with the query's projection and per-field visibility ([`project`]).
-    fn write_object(&self, out: &mut Vec<u8>, q: &NormalizedQuery, row: &RowView) {
-        project::write_object(out, &q.fields, &EventRow { ctx: self, row });
+    /// `{"field":value,...}` with the query's projection and per-field visibility ([`project`]);
+    /// related items as placeholders in `marks` (read and spliced before the frame is sent).
+    fn write_object(&self, out: &mut Vec<u8>, q: &NormalizedQuery, row: &RowView, marks: Option<&mut Marks>) {
+        let view = EventRow { ctx: self, row };
+        match marks {
+            Some(m) => project::write_object_marked(out, &q.fields, &view, m),
+            None => project::write_object(out, &q.fields, &view),
+        }
     }
 }
 
@@ -146,7 +151,7 @@ fn push_event(
     slot: Slot,
     q: &NormalizedQuery,
     kind: EventKind,
-    write: &dyn Fn(&mut Vec<u8>),
+    write: &dyn Fn(&mut Vec<u8>, Option<&mut Marks>),
 ) {
     if !q.wants(kind) {
         return;
@@ -159,27 +164,28 @@ fn push_event(
         pending.len() - 1
     });
     let frames = &mut pending[at].frames;
-    if q.item.is_some() || frames.last().is_none_or(|(k, _, _)| *k != kind) {
+    if q.item.is_some() || frames.last().is_none_or(|(k, _, _, _)| *k != kind) {
         // A list's `[` goes in first; `match_chunk` closes it.
         let open = if q.item.is_some() {
             Vec::new()
         } else {
             vec![b'[']
         };
-        frames.push((kind, open, 0));
+        let marks = q.is_relational().then(Marks::new);
+        frames.push((kind, open, 0, marks));
     }
-    let (_, buf, count) = frames.last_mut().expect("pushed");
+    let (_, buf, count, marks) = frames.last_mut().expect("pushed");
     if *count > 0 {
         buf.push(b',');
     }
-    write(buf);
+    write(buf, marks.as_mut());
     *count += 1;
 }
 
-/// Frames under construction for one query.
+/// Frames under construction for one query: kind, data, events in it, related-item placeholders.
 struct Pending {
     slot: Slot,
-    frames: Vec<(EventKind, Vec<u8>, usize)>,
+    frames: Vec<(EventKind, Vec<u8>, usize, Option<Marks>)>,
 }
 
 /// A finished event for one query: its kind and its protocol-neutral `data` (`crate::event` in common).
@@ -190,6 +196,9 @@ pub struct Frame {
     pub pos: Position,
     pub kind: EventKind,
     pub data: Vec<u8>,
+    /// For a relational query: the related items `data` has placeholders for, to read and splice
+    /// before the frame goes out (`None` when there are none).
+    pub marks: Option<Box<Marks>>,
 }
 
 /// Match one chunk. `schema` is the PostgreSQL schema whose tables are collections; `only` restricts
@@ -289,20 +298,20 @@ pub fn match_chunk(
             let q = &ix.get(slot).expect("candidate is live").def;
             let was = old_row.as_ref().map(|r| ctx.eval(&q.filter, r));
             let is = new_row.as_ref().map(|r| ctx.eval(&q.filter, r));
-            let mut emit = |kind: EventKind, write: &dyn Fn(&mut Vec<u8>)| {
+            let mut emit = |kind: EventKind, write: &dyn Fn(&mut Vec<u8>, Option<&mut Marks>)| {
                 push_event(&mut pending, &mut pending_at, slot, q, kind, write)
             };
             if is_insert {
                 if is == Some(Tri::Yes) {
                     let n = new_row.as_ref().expect("insert has a new row");
-                    emit(EventKind::Create, &|buf| ctx.write_object(buf, q, n));
+                    emit(EventKind::Create, &|buf, m| ctx.write_object(buf, q, n, m));
                 }
                 continue;
             }
             match (&old_row, &new_row) {
                 (Some(o), None) => {
                     if was != Some(Tri::No) {
-                        emit(EventKind::Delete, &|buf| ctx.write_key(buf, q, o));
+                        emit(EventKind::Delete, &|buf, _| ctx.write_key(buf, q, o));
                     }
                 }
                 (old, Some(n)) => {
@@ -313,13 +322,13 @@ pub fn match_chunk(
                     if key_changed {
                         if was != Some(Tri::No) {
                             let o = old.as_ref().expect("key changed implies an old row");
-                            emit(EventKind::Delete, &|buf| ctx.write_key(buf, q, o));
+                            emit(EventKind::Delete, &|buf, _| ctx.write_key(buf, q, o));
                         }
                     } else if was == Some(Tri::Yes) && is != Some(Tri::Yes) {
-                        emit(EventKind::Delete, &|buf| ctx.write_key(buf, q, n));
+                        emit(EventKind::Delete, &|buf, _| ctx.write_key(buf, q, n));
                     }
                     if is == Some(Tri::Yes) {
-                        emit(EventKind::Update, &|buf| ctx.write_object(buf, q, n));
+                        emit(EventKind::Update, &|buf, m| ctx.write_object(buf, q, n, m));
                     }
                 }
                 (None, None) => {}
@@ -330,7 +339,7 @@ pub fn match_chunk(
     for p in pending {
         let entry = ix.get(p.slot).expect("live");
         let item = entry.def.item.is_some();
-        for (i, (kind, data, _)) in p.frames.into_iter().enumerate() {
+        for (i, (kind, data, _, marks)) in p.frames.into_iter().enumerate() {
             let mut data = data;
             if !item {
                 data.push(b']');
@@ -345,6 +354,7 @@ pub fn match_chunk(
                 },
                 kind,
                 data,
+                marks: marks.filter(|m| !m.is_empty()).map(Box::new),
             });
         }
     }
