@@ -281,6 +281,11 @@ def build():
                       (rate("realtime_replays_total"), "replays")], unit="ops"), 8, 8)
     L.add(timeseries("Stream gaps", "Gaps found in the change stream (events lost) in each interval.",
                      [(f"sum(increase(realtime_stream_gaps_total{{{SEL}}}[{RI}]))", "gaps")]), 8, 8)
+    L.add(timeseries("Related-item reads", "Statements reading the related items of relational queries (one per query, relation and level of a matched chunk) per second.",
+                     [(rate("realtime_related_reads_total"), "statements")], unit="ops"), 8, 8)
+    L.add(timeseries("Related-item read time", "Time a chunk with relational matches waits for its related items (the worker's loop waits with it).",
+                     [(quantile(0.5, "realtime_related_read_seconds"), "p50"),
+                      (quantile(0.99, "realtime_related_read_seconds"), "p99")], unit="s"), 8, 8)
 
     L.row("Redis")
     L.add(timeseries("Redis publish latency", "Time of a publish to a gateway's channel.",
