@@ -94,3 +94,59 @@ async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
     let m = until(&|v| v["event"] == "create").await;
     assert_eq!(m["sub"], "messages", "{m}");
 }
+
+/// The guide's first relational example, with the real SDK: `fields: ['id', 'title', 'author.email']`
+/// brings the author's email in `init` and in each create.
+#[tokio::test]
+async fn the_sdk_gets_the_related_author_in_init_and_events() {
+    use tokio::io::AsyncBufReadExt;
+    let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sql = c.sql().await.unwrap();
+    let writer = create_user(&c, "author@example.com", "pw", false).await;
+    let dir = testkit::services::node_client_dir().unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg("sdk-query.mjs")
+        .arg(format!("http://{}", c.gateway_addr(0)))
+        .arg(testkit::cluster::ADMIN_TOKEN)
+        .arg("articles")
+        .arg(r#"{"fields":["id","title","author.email"],"sort":["id"]}"#)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the SDK printed nothing in time")
+            .unwrap()
+            .expect("the SDK script ended");
+        serde_json::from_str(&line).unwrap()
+    };
+    let init = next().await;
+    assert_eq!(init["event"], "init", "{init}");
+    assert_eq!(
+        init["data"][0],
+        json!({"id": 1, "title": "Hello realtime", "author": {"email": ADMIN_EMAIL}})
+    );
+    let id: i32 = sql
+        .query_one(
+            "INSERT INTO articles (title, author) VALUES ('by the author', $1::text::uuid) RETURNING id",
+            &[&writer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let m = next().await;
+    assert_eq!(m["event"], "create", "{m}");
+    assert_eq!(
+        m["data"],
+        json!([{"id": id, "title": "by the author", "author": {"email": "author@example.com"}}])
+    );
+}
