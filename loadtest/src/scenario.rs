@@ -214,6 +214,11 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_form: Option<QueryForm>,
+    /// Subscriptions also ask for a many-to-one related field (`author.email`): each row points at one
+    /// of 100 rows of `<collection>_authors`, read by the workers for every event.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub related: bool,
     /// Source of commit times for latency [default: auto].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -282,6 +287,7 @@ pub struct Config {
     pub drain_secs: f64,
     pub idle_secs: f64,
     pub query_form: QueryForm,
+    pub related: bool,
     pub commit_time: CommitTime,
     pub metrics_url: Vec<String>,
     pub sample_secs: f64,
@@ -331,6 +337,7 @@ impl Default for Config {
             drain_secs: 30.0,
             idle_secs: 2.0,
             query_form: QueryForm::String,
+            related: false,
             commit_time: CommitTime::Auto,
             metrics_url: Vec::new(),
             sample_secs: 1.0,
@@ -626,13 +633,18 @@ pub fn subscribe_query(
     run: i64,
     filter: SubFilter,
     newest_first: bool,
+    related: bool,
 ) -> serde_json::Map<String, Json> {
     let mut f = serde_json::Map::new();
     f.insert("run".into(), serde_json::json!({"_eq": run}));
     if let SubFilter::Room(r) = filter {
         f.insert("room".into(), serde_json::json!({"_eq": r}));
     }
-    let fields = ["writer", "seq", "t0", "payload"];
+    let fields: &[&str] = if related {
+        &["writer", "seq", "t0", "payload", "author.email"]
+    } else {
+        &["writer", "seq", "t0", "payload"]
+    };
     let mut q = serde_json::Map::new();
     match form {
         QueryForm::Native => {

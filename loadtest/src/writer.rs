@@ -128,6 +128,18 @@ pub fn table_ddl(collection: &str) -> String {
     )
 }
 
+/// DDL of `--related`: 100 authors, and an `author` column on the harness's table that points at one
+/// of them (chosen by its default, so the writers do not change).
+pub fn related_ddl(collection: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {collection}_authors (id integer PRIMARY KEY, email text NOT NULL);
+         INSERT INTO {collection}_authors SELECT i, 'author' || i || '@example.com' FROM generate_series(1, 100) i
+           ON CONFLICT DO NOTHING;
+         ALTER TABLE {collection} ADD COLUMN IF NOT EXISTS author integer
+           DEFAULT (1 + floor(random() * 100))::integer REFERENCES {collection}_authors (id);"
+    )
+}
+
 /// What every writer starts with: its log, its random stream (seeded per writer, so runs repeat) and
 /// its pacer.
 fn writer_state(plan: &WritePlan, index: u32) -> (WriterLog, rand::rngs::StdRng, Pacer) {

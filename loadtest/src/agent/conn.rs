@@ -328,7 +328,7 @@ async fn live(
             "type": "subscribe",
             "collection": spec.collection,
             "uid": format!("s{j}"),
-            "query": subscribe_query(spec.query_form, spec.run, r.filter, spec.churn()),
+            "query": subscribe_query(spec.query_form, spec.run, r.filter, spec.churn(), spec.related),
         });
         encode_masked_frame(
             &mut batch,

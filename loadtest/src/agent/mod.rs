@@ -80,6 +80,9 @@ pub struct AgentSpec {
     pub run: i64,
     pub collection: String,
     pub query_form: QueryForm,
+    /// Subscriptions ask for `author.email` too (`--related`).
+    #[serde(default)]
+    pub related: bool,
     pub auth: AuthPlan,
     /// This agent's share of the connection opening rate (0 = unpaced).
     pub ramp_up: f64,

@@ -117,6 +117,11 @@ pub(super) async fn prepare_data(cfg: &Config, db_url: Option<&str>, run_id: i64
         db.batch_execute(&writer::table_ddl(&cfg.collection))
             .await
             .context("create the harness table")?;
+        if cfg.related {
+            db.batch_execute(&writer::related_ddl(&cfg.collection))
+                .await
+                .context("create the harness's related table")?;
+        }
         if cfg.scenario == Scenario::PerUser {
             users = Some(create_users(db, cfg, run_id).await?);
         }
@@ -232,6 +237,7 @@ pub(super) async fn spawn_agents(
             run: run_id,
             collection: cfg.collection.clone(),
             query_form: cfg.query_form,
+            related: cfg.related,
             auth: auth.clone(),
             ramp_up: cfg.ramp_up / procs as f64,
             max_inflight: cfg.max_inflight,

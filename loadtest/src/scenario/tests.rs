@@ -141,11 +141,11 @@ fn targets_agree_with_filters() {
 
 #[test]
 fn query_forms() {
-    let q = subscribe_query(QueryForm::String, 7, SubFilter::Room(3), false);
+    let q = subscribe_query(QueryForm::String, 7, SubFilter::Room(3), false, false);
     assert_eq!(q["fields"], "writer,seq,t0,payload");
     let f: Json = serde_json::from_str(q["filter"].as_str().unwrap()).unwrap();
     assert_eq!(f, serde_json::json!({"run":{"_eq":7},"room":{"_eq":3}}));
-    let q = subscribe_query(QueryForm::Native, 7, SubFilter::Owner(3), true);
+    let q = subscribe_query(QueryForm::Native, 7, SubFilter::Owner(3), true, false);
     assert_eq!(q["filter"], serde_json::json!({"run":{"_eq":7}}));
     assert_eq!(q["limit"], 100);
 }
