@@ -122,3 +122,63 @@ pub fn is_unsubscribable(collection: &str) -> bool {
         "directus_sessions" | "directus_migrations" | "directus_extensions"
     )
 }
+
+/// The read permissions Directus grants every user whose policies give app access (its
+/// `app-access-permissions.yaml`, added to the user's own), for `collection`: (row filter, fields;
+/// `None` = all fields). Their variables resolve like any permission's.
+pub fn app_minimal_read(collection: &str) -> Vec<(serde_json::Value, Option<&'static [&'static str]>)> {
+    use serde_json::json;
+    match collection {
+        "directus_activity" => vec![(json!({"user": {"_eq": "$CURRENT_USER"}}), None)],
+        "directus_comments" => vec![(json!({"user_created": {"_eq": "$CURRENT_USER"}}), None)],
+        "directus_presets" => vec![(
+            json!({"_or": [
+                {"user": {"_eq": "$CURRENT_USER"}},
+                {"_and": [{"user": {"_null": true}}, {"role": {"_eq": "$CURRENT_ROLE"}}]},
+                {"_and": [{"user": {"_null": true}}, {"role": {"_null": true}}]}
+            ]}),
+            None,
+        )],
+        "directus_roles" => vec![(json!({"id": {"_in": "$CURRENT_ROLES"}}), None)],
+        "directus_settings" | "directus_translations" => vec![(json!({}), None)],
+        "directus_notifications" => vec![(json!({"recipient": {"_eq": "$CURRENT_USER"}}), None)],
+        "directus_shares" => vec![(json!({"user_created": {"_eq": "$CURRENT_USER"}}), None)],
+        "directus_users" => vec![(
+            json!({"id": {"_eq": "$CURRENT_USER"}}),
+            Some(&[
+                "id", "first_name", "last_name", "last_page", "email", "password", "location", "title",
+                "description", "tags", "preferences_divider", "avatar", "language", "appearance",
+                "theme_light", "theme_dark", "tfa_secret", "status", "role",
+            ]),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Directus's many-to-one relations between system collections (its `system-data` relations, which are
+/// not rows of `directus_relations`): (collection, field, related collection). A relation applies where
+/// both tables and the column exist.
+pub const SYSTEM_M2O: &[(&str, &str, &str)] = &[
+    ("directus_users", "role", "directus_roles"),
+    ("directus_users", "avatar", "directus_files"),
+    ("directus_roles", "parent", "directus_roles"),
+    ("directus_access", "role", "directus_roles"),
+    ("directus_access", "user", "directus_users"),
+    ("directus_access", "policy", "directus_policies"),
+    ("directus_permissions", "policy", "directus_policies"),
+    ("directus_activity", "user", "directus_users"),
+    ("directus_revisions", "activity", "directus_activity"),
+    ("directus_comments", "user_created", "directus_users"),
+    ("directus_comments", "user_updated", "directus_users"),
+    ("directus_notifications", "recipient", "directus_users"),
+    ("directus_notifications", "sender", "directus_users"),
+    ("directus_presets", "user", "directus_users"),
+    ("directus_presets", "role", "directus_roles"),
+    ("directus_files", "uploaded_by", "directus_users"),
+    ("directus_files", "modified_by", "directus_users"),
+    ("directus_files", "folder", "directus_folders"),
+    ("directus_folders", "parent", "directus_folders"),
+    ("directus_shares", "user_created", "directus_users"),
+    ("directus_shares", "role", "directus_roles"),
+    ("directus_shares", "collection", "directus_collections"),
+];

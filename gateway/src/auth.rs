@@ -261,7 +261,7 @@ struct UserRow {
 }
 
 /// Read rules per (policy set, collection), with when they were fetched and the rights epoch then.
-type PermissionCache = HashMap<(Vec<String>, String), (Instant, u64, Vec<ReadRule>)>;
+type PermissionCache = HashMap<(Vec<String>, String, bool), (Instant, u64, Vec<ReadRule>)>;
 
 pub struct AuthService {
     pool: Pool,
@@ -843,7 +843,7 @@ impl AuthService {
         if acct.admin {
             return Ok(Access::Admin);
         }
-        let key = (acct.policies.clone(), collection.to_owned());
+        let key = (acct.policies.clone(), collection.to_owned(), acct.app);
         let epoch = self.epoch.get();
         if let Some((at, e, rules)) = self.permissions.lock().get(&key)
             && at.elapsed() < PERMISSION_TTL
@@ -860,7 +860,7 @@ impl AuthService {
             )
             .await
             .map_err(unavailable)?;
-        let rules: Vec<ReadRule> = rows
+        let mut rules: Vec<ReadRule> = rows
             .iter()
             .map(|r| {
                 let filter: Option<String> = r.get(0);
@@ -882,6 +882,16 @@ impl AuthService {
                 }
             })
             .collect();
+        // App access adds Directus's minimal permissions on some system collections (a user reads
+        // its own notifications, its own user row, its roles).
+        if acct.app {
+            rules.extend(common::schema::app_minimal_read(collection).into_iter().map(
+                |(filter, fields)| ReadRule {
+                    filter: Some(filter).filter(|f| f.as_object().is_none_or(|o| !o.is_empty())),
+                    fields: fields.map(|fs| fs.iter().map(|f| f.to_string()).collect()),
+                },
+            ));
+        }
         // No access is not cached: a grant committed just before a subscribe must not be refused
         // because its rights change has not reached this gateway yet. (Granted rules may be stale for
         // that long; the change then re-evaluates the subscription.)

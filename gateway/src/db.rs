@@ -135,6 +135,28 @@ CREATE TABLE directus_sessions (
     origin varchar(255),
     next_token varchar(64)
 );
+CREATE TABLE directus_notifications (
+    id serial PRIMARY KEY,
+    timestamp timestamptz DEFAULT CURRENT_TIMESTAMP,
+    status varchar(255) DEFAULT 'inbox',
+    recipient uuid NOT NULL REFERENCES directus_users(id) ON DELETE CASCADE,
+    sender uuid REFERENCES directus_users(id),
+    subject varchar(255) NOT NULL,
+    message text,
+    collection varchar(64),
+    item varchar(255)
+);
+CREATE TABLE directus_activity (
+    id serial PRIMARY KEY,
+    action varchar(45) NOT NULL,
+    "user" uuid,
+    timestamp timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    ip varchar(50),
+    user_agent text,
+    collection varchar(64) NOT NULL,
+    item varchar(255) NOT NULL,
+    origin varchar(255)
+);
 "#;
 
 /// Standalone mode: when `directus_users` does not exist in `schema`, create the system tables, the public
@@ -336,6 +358,13 @@ pub async fn load_schema(pool: &Pool, schema: &str) -> anyhow::Result<Schema> {
         {
             m2o.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
         }
+    }
+    // Directus's own relations between system collections live in its code, not in the database.
+    for (many, field, one) in common::schema::SYSTEM_M2O {
+        m2o.entry((*many).to_owned())
+            .or_default()
+            .entry((*field).to_owned())
+            .or_insert_with(|| (*one).to_owned());
     }
     let collections = columns.into_iter().filter_map(|(table, cols)| {
         let key = pk.get(&table)?;

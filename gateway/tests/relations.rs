@@ -119,6 +119,13 @@ async fn related_rows_and_fields_follow_the_subscribers_permissions() {
     let sql = c.sql().await.unwrap();
     let reader = create_user(&c, "reader@example.com", "pw-r", false).await;
     let policy = policy_of(&c, &reader).await;
+    // No app access: only the permissions below (app access would add its own user row).
+    sql.execute(
+        "UPDATE directus_policies SET app_access = false WHERE id = $1::text::uuid",
+        &[&policy],
+    )
+    .await
+    .unwrap();
     grant_read(&c, &policy, "articles", None, "*").await;
     // The reader sees only its own user row, and only its id and first name.
     grant_read(
@@ -171,4 +178,92 @@ async fn init_author(sql: &tokio_postgres::Client) -> Option<String> {
         .await
         .unwrap()
         .get(0)
+}
+
+/// System collections with Directus's app-access minimal permissions: a user with app access reads its
+/// own notifications (and no one else's), its own user row (secrets masked), and its own activity,
+/// with related users shown only where it may read them.
+#[tokio::test]
+async fn app_users_read_their_own_system_rows_with_related_users() {
+    let c = start().await;
+    let sql = c.sql().await.unwrap();
+    let me = create_user(&c, "me@example.com", "pw-me", false).await;
+    let other = create_user(&c, "other@example.com", "pw-o", false).await;
+    sql.execute(
+        "UPDATE directus_users SET first_name = 'Me' WHERE id = $1::text::uuid",
+        &[&me],
+    )
+    .await
+    .unwrap();
+    let admin: String = sql
+        .query_one("SELECT id::text FROM directus_users WHERE email = $1", &[&ADMIN_EMAIL])
+        .await
+        .unwrap()
+        .get(0);
+    let (token, _) = login(&c, "me@example.com", "pw-me").await;
+    let mut ws = open_as(&c, &token).await;
+
+    let init = subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"directus_notifications","query":{"fields":["id","subject","sender.first_name"]},"uid":"n"}),
+    )
+    .await;
+    assert_eq!(init["data"], json!([]), "{init}");
+    let notify = |to: String, from: String, subject: &'static str| {
+        let sql = &sql;
+        async move {
+            let id: i32 = sql
+                .query_one(
+                    "INSERT INTO directus_notifications (recipient, sender, subject) VALUES ($1::text::uuid, $2::text::uuid, $3) RETURNING id",
+                    &[&to, &from, &subject],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            id
+        }
+    };
+    notify(other.clone(), admin.clone(), "not for me").await;
+    let from_admin = notify(me.clone(), admin.clone(), "from the admin").await;
+    let from_me = notify(me.clone(), me.clone(), "note to self").await;
+    // The admin's user row is not readable: `null`, as Directus returns it.
+    assert_eq!(
+        next(&mut ws).await["data"],
+        json!([{"id": from_admin, "subject": "from the admin", "sender": null}])
+    );
+    assert_eq!(
+        next(&mut ws).await["data"],
+        json!([{"id": from_me, "subject": "note to self", "sender": {"first_name": "Me"}}])
+    );
+
+    // Its own user row only, the password masked.
+    let users = subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"directus_users","query":{"fields":["id","email","password","role.name"]},"uid":"u"}),
+    )
+    .await;
+    assert_eq!(
+        users["data"],
+        json!([{"id": me, "email": "me@example.com", "password": "**********", "role": {"name": "me@example.com"}}]),
+        "{users}"
+    );
+
+    // The activity feed of the guide: `user.first_name`, own rows only.
+    subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"directus_activity","query":{"fields":["action","collection","user.first_name"]},"uid":"act"}),
+    )
+    .await;
+    for (user, item) in [(&other, "1"), (&me, "2")] {
+        sql.execute(
+            "INSERT INTO directus_activity (action, \"user\", collection, item) VALUES ('create', $1::text::uuid, 'articles', $2)",
+            &[user, &item],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type":"subscription","event":"create","data":[{"action":"create","collection":"articles","user":{"first_name":"Me"}}],"uid":"act"})
+    );
 }
