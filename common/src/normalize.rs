@@ -47,6 +47,14 @@ pub struct Projection {
     /// [`NormalizedQuery::relations`]. The column holds the related item's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relation: Option<u16>,
+    /// A one-to-many alias field (not a column): the column of this row whose value the related items
+    /// point at (the primary key). The field shows an array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The related item a many-to-one field shows (`author.email`, `author.*`), read by key from its
@@ -66,7 +74,24 @@ pub struct RelatedField {
     /// The columns to read, primary key first, with their kinds: the fields and what their visibility
     /// conditions look at.
     pub columns: Vec<(String, Kind)>,
+    /// One-to-many: the column of these rows that holds the parent's key (rows are read by it and
+    /// shown as an array per parent). `None`: many-to-one, read by primary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_key: Option<String>,
+    /// One-to-many: the order of each parent's items (`directus_relations.sort_field`, else the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<String>,
+    /// One-to-many: at most this many items per parent (Directus's `QUERY_LIMIT_DEFAULT` for nested
+    /// reads without `deep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Each item is shown as its primary key (an alias field asked for by name or through `*`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keys_only: bool,
 }
+
+/// Items per parent of a one-to-many field without `deep` (Directus's `QUERY_LIMIT_DEFAULT`).
+pub const NESTED_LIMIT: u32 = 100;
 
 /// The canonical form of a subscription, shared by everyone who subscribes to the same thing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -174,16 +199,29 @@ pub fn related_collections(
             return;
         }
         let mut by_root: Vec<(&str, Vec<&str>)> = Vec::new();
-        for p in paths {
-            if let Some((root, rest)) = p.split_once('.') {
+        for p in &paths {
+            let (root, rest) = match p.split_once('.') {
+                Some((root, rest)) => (root, Some(rest)),
+                None => (*p, None),
+            };
+            // `*` and a bare alias reach one-to-many collections too (their keys are shown).
+            let roots: Vec<&str> = if root == "*" && rest.is_none() {
+                coll.o2m.keys().map(String::as_str).collect()
+            } else {
+                vec![root]
+            };
+            for root in roots {
                 match by_root.iter_mut().find(|(r, _)| *r == root) {
-                    Some((_, rests)) => rests.push(rest),
-                    None => by_root.push((root, vec![rest])),
+                    Some((_, rests)) => rests.extend(rest),
+                    None => by_root.push((root, rest.into_iter().collect())),
                 }
             }
         }
         for (root, rests) in by_root {
-            let Some(target) = coll.m2o_target(root) else {
+            let Some(target) = coll
+                .m2o_target(root)
+                .or_else(|| coll.o2m_target(root).map(|o| o.collection.as_str()))
+            else {
                 continue;
             };
             if !out.iter().any(|c| c == target) {
@@ -461,8 +499,16 @@ fn project_fields(
 ) -> Result<Vec<Projection>, QueryError> {
     let allowed = |f: &str| may_read(rules, is_admin, f);
     let mut plain: Vec<String> = Vec::new();
-    // Relational fields in order of first mention, with the sub-paths asked of each.
+    // Relational fields in order of first mention, with the sub-paths asked of each (none: an alias
+    // shown as its items' keys).
     let mut nested: Vec<(String, Vec<String>)> = Vec::new();
+    let mut add_nested = |root: &str, rest: Option<&str>| match nested.iter_mut().find(|(r, _)| r == root) {
+        Some((_, rests)) => rests.extend(rest.map(str::to_owned)),
+        None => nested.push((root.to_owned(), rest.map(str::to_owned).into_iter().collect())),
+    };
+    let is_relation = |root: &str| {
+        (coll.column(root).is_some() && coll.m2o_target(root).is_some()) || coll.o2m_target(root).is_some()
+    };
     for f in fields {
         if f.split('.').count() + depth - 1 > MAX_RELATIONAL_DEPTH {
             return Err(QueryError::invalid("Max relational depth exceeded"));
@@ -478,17 +524,14 @@ fn project_fields(
             )));
         }
         if let Some((root, rest)) = f.split_once('.') {
-            if coll.column(root).is_some() && coll.m2o_target(root).is_some() {
+            if is_relation(root) {
                 if !allowed(root) {
                     if !unknown.iter().any(|u| u == root) {
                         unknown.push(root.to_owned());
                     }
                     continue;
                 }
-                match nested.iter_mut().find(|(r, _)| r == root) {
-                    Some((_, rests)) => rests.push(rest.to_owned()),
-                    None => nested.push((root.to_owned(), vec![rest.to_owned()])),
-                }
+                add_nested(root, Some(rest));
             } else if !unknown.contains(f) {
                 // Not a relation here: Directus looks for a field of that whole name.
                 unknown.push(f.clone());
@@ -501,6 +544,18 @@ fn project_fields(
                     plain.push(c.name.clone());
                 }
             }
+            // One-to-many aliases, as their items' keys, where their collection is readable at all.
+            for (alias, o) in &coll.o2m {
+                let readable = level
+                    .related
+                    .get(&o.collection)
+                    .is_some_and(|(_, a)| !matches!(a, Access::Rules(r) if r.is_empty()));
+                if allowed(alias) && readable {
+                    add_nested(alias, None);
+                }
+            }
+        } else if coll.o2m_target(f).is_some() && allowed(f) {
+            add_nested(f, None);
         } else if coll.column(f).is_some() && allowed(f) {
             if !plain.contains(f) {
                 plain.push(f.clone());
@@ -523,16 +578,20 @@ fn project_fields(
     }
     let mut out = Vec::with_capacity(names.len());
     for (name, sub) in names {
-        let relation = match sub {
-            None => None,
+        let (relation, key) = match sub {
+            None => (None, None),
             Some(rests) => {
-                let target = coll.m2o_target(&name).expect("checked above");
                 let sub_path = if path.is_empty() {
                     name.clone()
                 } else {
                     format!("{path}.{name}")
                 };
-                Some(related_field(target, &rests, &sub_path, depth + 1, level)?)
+                let (target, via) = match coll.o2m_target(&name) {
+                    Some(o) => (o.collection.as_str(), Some(o)),
+                    None => (coll.m2o_target(&name).expect("checked above"), None),
+                };
+                let rel = related_field(target, &rests, &sub_path, depth + 1, level, via)?;
+                (Some(rel), via.map(|_| coll.primary_key.clone()))
             }
         };
         out.push(Projection {
@@ -540,6 +599,7 @@ fn project_fields(
             special: coll.column(&name).map(|c| c.special).unwrap_or_default(),
             field: name,
             relation,
+            key,
         });
     }
     Ok(out)
@@ -552,6 +612,7 @@ fn related_field(
     path: &str,
     depth: usize,
     level: &mut Level<'_>,
+    o2m: Option<&crate::schema::O2m>,
 ) -> Result<u16, QueryError> {
     let Some((coll, access)) = level.related.get(target) else {
         return Err(QueryError::Forbidden(crate::protocol::msg_forbidden_collection(
@@ -583,11 +644,20 @@ fn related_field(
             columns.push((name.to_owned(), c.kind.clone()));
         }
     };
-    for p in &projection {
-        add(&p.field);
-    }
-    for c in crate::project::condition_columns(&projection) {
+    for c in crate::project::read_columns(&projection) {
         add(c);
+    }
+    let sort = o2m.map(|o| {
+        o.sort_field
+            .clone()
+            .filter(|s| coll.column(s).is_some())
+            .unwrap_or_else(|| coll.primary_key.clone())
+    });
+    if let Some(o) = o2m {
+        add(&o.foreign_key);
+    }
+    if let Some(s) = &sort {
+        add(s);
     }
     let index = level.relations.len();
     if index >= u16::MAX as usize {
@@ -598,8 +668,12 @@ fn related_field(
         schema: coll.schema.clone(),
         primary_key: coll.primary_key.clone(),
         filter,
+        keys_only: fields.is_empty(),
         fields: projection,
         columns,
+        foreign_key: o2m.map(|o| o.foreign_key.clone()),
+        sort,
+        limit: o2m.map(|_| NESTED_LIMIT),
     });
     Ok(index as u16)
 }

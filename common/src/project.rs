@@ -18,10 +18,13 @@ use std::collections::HashMap;
 /// (`author.role.name`) are marked inside the objects and spliced recursively.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Marks {
-    /// (relation index, key text), by mark number.
-    requests: Vec<(u16, String)>,
+    /// (relation index, key text, one-to-many), by mark number.
+    requests: Vec<(u16, String, bool)>,
     by_request: HashMap<(u16, String), u32>,
+    /// Many-to-one: the item's object.
     objects: HashMap<u32, Vec<u8>>,
+    /// One-to-many: the items, in read order.
+    lists: HashMap<u32, Vec<Vec<u8>>>,
     /// Requests before this one were handed out by [`Marks::wanted`].
     handed: usize,
 }
@@ -31,12 +34,12 @@ impl Marks {
         Marks::default()
     }
 
-    fn mark(&mut self, rel: u16, key: &str, out: &mut Vec<u8>) {
+    fn mark(&mut self, rel: u16, key: &str, many: bool, out: &mut Vec<u8>) {
         let n = match self.by_request.get(&(rel, key.to_owned())) {
             Some(&n) => n,
             None => {
                 let n = self.requests.len() as u32;
-                self.requests.push((rel, key.to_owned()));
+                self.requests.push((rel, key.to_owned(), many));
                 self.by_request.insert((rel, key.to_owned()), n);
                 n
             }
@@ -54,7 +57,7 @@ impl Marks {
     /// The keys to read, per relation, that were not asked for before (sorted, without repeats).
     pub fn wanted(&mut self) -> Vec<(u16, Vec<String>)> {
         let mut by_rel: Vec<(u16, Vec<String>)> = Vec::new();
-        for (rel, key) in &self.requests[self.handed..] {
+        for (rel, key, _) in &self.requests[self.handed..] {
             match by_rel.iter_mut().find(|(r, _)| r == rel) {
                 Some((_, keys)) => keys.push(key.clone()),
                 None => by_rel.push((*rel, vec![key.clone()])),
@@ -72,16 +75,31 @@ impl Marks {
     /// A row read for relation `rel`: encode it with `rel`'s projection (marking its own related
     /// items). `cells` are in the order of [`RelatedField::columns`]; the first is the key.
     pub fn found(&mut self, rel: u16, related: &RelatedField, cells: &[Option<String>]) {
-        let Some(Some(key)) = cells.first() else {
+        // A one-to-many item belongs to the parent its foreign key names; a many-to-one item is
+        // asked for by its own key.
+        let key_at = match &related.foreign_key {
+            Some(fk) => related.columns.iter().position(|(c, _)| c == fk),
+            None => Some(0),
+        };
+        let Some(Some(key)) = key_at.and_then(|i| cells.get(i)) else {
             return;
         };
         let Some(&n) = self.by_request.get(&(rel, key.clone())) else {
             return;
         };
         let row = TextRow::new(&related.columns, cells);
-        let mut object = Vec::with_capacity(64);
-        write_object_marked(&mut object, &related.fields, &row, self);
-        self.objects.insert(n, object);
+        let mut item = Vec::with_capacity(64);
+        if related.keys_only {
+            let (kind, text) = row.cell(&related.primary_key).unwrap_or((&Kind::Text, None));
+            value::write_json_value(&mut item, kind, Default::default(), text);
+        } else {
+            write_object_marked(&mut item, &related.fields, &row, self);
+        }
+        if related.foreign_key.is_some() {
+            self.lists.entry(n).or_default().push(item);
+        } else {
+            self.objects.insert(n, item);
+        }
     }
 
     /// `data` with every placeholder replaced by its item (recursively), or `null`.
@@ -102,11 +120,27 @@ impl Marks {
                 return;
             };
             let n: Option<u32> = std::str::from_utf8(&after[..len]).ok().and_then(|t| t.parse().ok());
-            match n.and_then(|n| self.objects.get(&n)) {
-                Some(object) if depth < crate::normalize::MAX_RELATIONAL_DEPTH => {
-                    self.splice_into(object, out, depth + 1)
+            let many = n
+                .and_then(|n| self.requests.get(n as usize))
+                .is_some_and(|(_, _, many)| *many);
+            let deep_enough = depth >= crate::normalize::MAX_RELATIONAL_DEPTH;
+            if many {
+                out.push(b'[');
+                if !deep_enough {
+                    let items = n.and_then(|n| self.lists.get(&n)).map_or(&[][..], Vec::as_slice);
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        self.splice_into(item, out, depth + 1);
+                    }
                 }
-                _ => out.extend_from_slice(b"null"),
+                out.push(b']');
+            } else {
+                match n.and_then(|n| self.objects.get(&n)) {
+                    Some(object) if !deep_enough => self.splice_into(object, out, depth + 1),
+                    _ => out.extend_from_slice(b"null"),
+                }
             }
             rest = &after[len + 1..];
         }
@@ -200,8 +234,13 @@ fn write_fields(
         value::write_json_string(out, &p.field);
         out.push(b':');
         let visible = p.when.as_ref().is_none_or(|w| row.holds(w));
-        match (row.cell(&p.field), p.relation, marks.as_deref_mut()) {
-            (Some((_, Some(key))), Some(rel), Some(marks)) if visible => marks.mark(rel, key, out),
+        // A one-to-many alias is keyed by this row's primary key; a many-to-one by its own column.
+        let cell = row.cell(p.key.as_deref().unwrap_or(&p.field));
+        match (cell, p.relation, marks.as_deref_mut()) {
+            (Some((_, Some(key))), Some(rel), Some(marks)) if visible => {
+                marks.mark(rel, key, p.key.is_some(), out)
+            }
+            (_, Some(_), _) if p.key.is_some() && visible => out.extend_from_slice(b"[]"),
             (Some((_, None)), Some(_), Some(_)) => out.extend_from_slice(b"null"),
             (Some((kind, text)), _, _) if visible => {
                 value::write_json_value(out, kind, p.special, text)
@@ -210,6 +249,28 @@ fn write_fields(
         }
     }
     out.push(b'}');
+}
+
+/// The columns a projection reads, once each: its fields that are columns, then the keys its
+/// one-to-many aliases are read by, then what its visibility conditions look at.
+pub fn read_columns(fields: &[Projection]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in fields.iter().filter(|p| p.key.is_none()) {
+        if !out.contains(&p.field.as_str()) {
+            out.push(&p.field);
+        }
+    }
+    for k in fields.iter().filter_map(|p| p.key.as_deref()) {
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    for c in condition_columns(fields) {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The columns a projection reads beyond its fields: those its visibility conditions look at, once each,
@@ -258,6 +319,7 @@ mod tests {
             when,
             special: Special::default(),
             relation: None,
+            key: None,
         }
     }
 
@@ -304,6 +366,7 @@ mod tests {
             when: None,
             special: Special::default(),
             relation: None,
+            key: None,
         };
         let roles = RelatedField {
             collection: "roles".into(),
@@ -312,6 +375,10 @@ mod tests {
             filter: Filter::TRUE,
             fields: vec![text("name")],
             columns: vec![("id".into(), Kind::Int4), ("name".into(), Kind::Text)],
+            foreign_key: None,
+            sort: None,
+            limit: None,
+            keys_only: false,
         };
         let users = RelatedField {
             collection: "users".into(),
@@ -324,6 +391,10 @@ mod tests {
                 ("email".into(), Kind::Text),
                 ("role".into(), Kind::Int4),
             ],
+            foreign_key: None,
+            sort: None,
+            limit: None,
+            keys_only: false,
         };
         let fields = vec![text("id"), Projection { relation: Some(1), ..text("author") }];
         let row = |id: &'static str, author: Option<&'static str>| {

@@ -37,7 +37,21 @@ pub struct Collection {
     /// Many-to-one relations: a column of this collection → the collection it points at (a foreign key,
     /// or a `directus_relations` row with `many_collection` = this one).
     pub m2o: BTreeMap<String, String>,
+    /// One-to-many alias fields (not columns): alias → the collection whose column points back here
+    /// (a `directus_relations` row with `one_field` = the alias). A many-to-many is one of these onto
+    /// the junction collection, whose own many-to-one leads on.
+    pub o2m: BTreeMap<String, O2m>,
     index: HashMap<String, usize>,
+}
+
+/// The far side of a one-to-many alias field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct O2m {
+    pub collection: String,
+    /// The column of `collection` holding this collection's key.
+    pub foreign_key: String,
+    /// `directus_relations.sort_field`: the order of the related items (else their key).
+    pub sort_field: Option<String>,
 }
 
 impl Collection {
@@ -54,8 +68,14 @@ impl Collection {
             columns,
             sort_field: None,
             m2o: BTreeMap::new(),
+            o2m: BTreeMap::new(),
             index,
         }
+    }
+
+    /// The one-to-many relation of alias field `field`.
+    pub fn o2m_target(&self, field: &str) -> Option<&O2m> {
+        self.o2m.get(field)
     }
 
     /// The collection column `field` points at, if it is a many-to-one relation.

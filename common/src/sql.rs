@@ -37,15 +37,14 @@ pub fn table(coll: &Collection) -> String {
 pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> Sql {
     let mut params = Vec::new();
     let mut text = String::from("SELECT ");
-    let extra = crate::project::condition_columns(&q.fields);
-    let columns = q.fields.iter().map(|p| p.field.as_str()).chain(extra);
-    for (i, field) in columns.enumerate() {
+    let columns = crate::project::read_columns(&q.fields);
+    for (i, field) in columns.iter().enumerate() {
         if i > 0 {
             text.push_str(", ");
         }
         text.push_str(&select_expr(coll, field));
     }
-    if q.fields.is_empty() {
+    if columns.is_empty() {
         text.push_str("NULL");
     }
     let _ = write!(
@@ -77,41 +76,61 @@ pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> 
 /// of keys. Result columns are `rel.columns`, in order (the key first), for [`crate::project::Marks::found`].
 pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
     let mut params = vec![Some(array_literal(keys))];
-    let mut text = String::from("SELECT ");
-    for (i, (name, kind)) in rel.columns.iter().enumerate() {
-        if i > 0 {
-            text.push_str(", ");
-        }
-        match kind {
-            Kind::Bpchar => {
-                let _ = write!(text, "t.{}", ident(name));
+    let select = |text: &mut String| {
+        for (i, (name, kind)) in rel.columns.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
             }
-            _ => {
-                let _ = write!(text, "t.{}::text", ident(name));
+            match kind {
+                Kind::Bpchar => {
+                    let _ = write!(text, "t.{}", ident(name));
+                }
+                _ => {
+                    let _ = write!(text, "t.{}::text", ident(name));
+                }
             }
         }
-    }
-    let pk_kind = rel
+    };
+    // Many-to-one items are read by their key, one-to-many items by the column pointing at the parent.
+    let by = rel.foreign_key.as_deref().unwrap_or(&rel.primary_key);
+    let by_kind = rel
         .columns
-        .first()
+        .iter()
+        .find(|(c, _)| c == by)
         .map(|(_, k)| k.clone())
         .unwrap_or(Kind::Text);
-    let pk = if compares_as_text(&pk_kind) || pk_kind == Kind::Bpchar {
-        format!("t.{}::text = ANY($1::text::text[])", ident(&rel.primary_key))
+    let matches = if compares_as_text(&by_kind) || by_kind == Kind::Bpchar {
+        format!("t.{}::text = ANY($1::text::text[])", ident(by))
     } else {
-        format!(
-            "t.{} = ANY($1::text::{}[])",
-            ident(&rel.primary_key),
-            pk_kind.sql_cast()
-        )
+        format!("t.{} = ANY($1::text::{}[])", ident(by), by_kind.sql_cast())
     };
-    let _ = write!(
-        text,
-        " FROM {}.{} t WHERE {pk} AND {}",
-        ident(&rel.schema),
-        ident(&rel.collection),
-        filter(&rel.filter, &mut params)
-    );
+    let table = format!("{}.{}", ident(&rel.schema), ident(&rel.collection));
+    let filter = filter(&rel.filter, &mut params);
+    let mut text = String::from("SELECT ");
+    select(&mut text);
+    match (&rel.foreign_key, rel.limit) {
+        (Some(fk), limit) => {
+            // Each parent's items in order, at most `limit` of them.
+            let order = match &rel.sort {
+                Some(s) if s != &rel.primary_key => {
+                    format!("t.{}, t.{}", ident(s), ident(&rel.primary_key))
+                }
+                _ => format!("t.{}", ident(&rel.primary_key)),
+            };
+            let _ = write!(
+                text,
+                " FROM (SELECT t.*, row_number() OVER (PARTITION BY t.{fk} ORDER BY {order}) AS rt_n FROM {table} t WHERE {matches} AND {filter}) t",
+                fk = ident(fk),
+            );
+            if let Some(limit) = limit {
+                let _ = write!(text, " WHERE t.rt_n <= {limit}");
+            }
+            let _ = write!(text, " ORDER BY t.{}, t.rt_n", ident(fk));
+        }
+        (None, _) => {
+            let _ = write!(text, " FROM {table} t WHERE {matches} AND {filter}");
+        }
+    }
     Sql { text, params }
 }
 

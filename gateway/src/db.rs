@@ -348,15 +348,28 @@ pub async fn load_schema(pool: &Pool, schema: &str) -> anyhow::Result<Schema> {
     {
         m2o.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
     }
+    let mut o2m: HashMap<String, std::collections::BTreeMap<String, common::schema::O2m>> =
+        HashMap::new();
     if has("directus_relations") {
         for r in client
             .query(
-                &format!("SELECT many_collection::text, many_field::text, one_collection::text FROM {}.directus_relations WHERE one_collection IS NOT NULL", common::sql::ident(schema)),
+                &format!("SELECT many_collection::text, many_field::text, one_collection::text, one_field::text, sort_field::text FROM {}.directus_relations WHERE one_collection IS NOT NULL", common::sql::ident(schema)),
                 &[],
             )
             .await?
         {
-            m2o.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+            let (many, field, one): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            if let Some(alias) = r.get::<_, Option<String>>(3) {
+                o2m.entry(one.clone()).or_default().insert(
+                    alias,
+                    common::schema::O2m {
+                        collection: many.clone(),
+                        foreign_key: field.clone(),
+                        sort_field: r.get(4),
+                    },
+                );
+            }
+            m2o.entry(many).or_default().insert(field, one);
         }
     }
     // Directus's own relations between system collections live in its code, not in the database.
@@ -366,10 +379,25 @@ pub async fn load_schema(pool: &Pool, schema: &str) -> anyhow::Result<Schema> {
             .entry((*field).to_owned())
             .or_insert_with(|| (*one).to_owned());
     }
+    let column_of = |table: &str, name: &str| {
+        rows.iter()
+            .any(|r| r.get::<_, String>(0) == table && r.get::<_, String>(1) == name)
+    };
     let collections = columns.into_iter().filter_map(|(table, cols)| {
         let key = pk.get(&table)?;
         let mut c = Collection::new(&table, schema, key, cols);
         c.sort_field = sort_fields.get(&table).cloned();
+        if let Some(aliases) = o2m.remove(&table) {
+            // An alias that is not a column here, onto a column of a table with a primary key.
+            c.o2m = aliases
+                .into_iter()
+                .filter(|(alias, r)| {
+                    c.column(alias).is_none()
+                        && pk.contains_key(&r.collection)
+                        && column_of(&r.collection, &r.foreign_key)
+                })
+                .collect();
+        }
         if let Some(rels) = m2o.remove(&table) {
             // Only relations of a column this table has, onto a table with a primary key.
             c.m2o = rels

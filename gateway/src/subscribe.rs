@@ -118,15 +118,19 @@ async fn related_access(
     fields: &[String],
 ) -> Result<HashMap<String, (Collection, common::normalize::Access)>, RealtimeError> {
     let mut out = HashMap::new();
-    if !fields.iter().any(|f| f.contains('.')) {
+    // `*` and bare aliases reach the one-to-many collections (their items' keys are shown).
+    let reaches_o2m = !coll.o2m.is_empty()
+        && fields.iter().any(|f| f == "*" || coll.o2m_target(f).is_some());
+    if !reaches_o2m && !fields.iter().any(|f| f.contains('.')) {
         return Ok(out);
     }
     let mut schema = state.schema.get();
     let unknown_root = |schema: &common::schema::Schema| {
         let here = schema.get(&coll.name);
         fields.iter().any(|f| {
-            f.split_once('.')
-                .is_some_and(|(root, _)| here.is_none_or(|c| c.m2o_target(root).is_none()))
+            f.split_once('.').is_some_and(|(root, _)| {
+                here.is_none_or(|c| c.m2o_target(root).is_none() && c.o2m_target(root).is_none())
+            })
         })
     };
     if unknown_root(&schema) {
@@ -462,8 +466,7 @@ async fn read_snapshot(
             "The initial data exceeds {cap} items; add a \"limit\" or a narrower \"filter\""
         ))));
     }
-    let mut names: Vec<&str> = query.fields.iter().map(|p| p.field.as_str()).collect();
-    names.extend(common::project::condition_columns(&query.fields));
+    let names: Vec<&str> = common::project::read_columns(&query.fields);
     let columns: HashMap<&str, (usize, &Kind)> = names
         .iter()
         .enumerate()

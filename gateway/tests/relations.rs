@@ -267,3 +267,90 @@ async fn app_users_read_their_own_system_rows_with_related_users() {
         json!({"type":"subscription","event":"create","data":[{"action":"create","collection":"articles","user":{"first_name":"Me"}}],"uid":"act"})
     );
 }
+
+/// Directus's `directus_relations` and the guide's blog schema: comments (one-to-many) and categories
+/// (many-to-many through a junction).
+const BLOG: &str = r#"
+CREATE TABLE directus_relations (
+    id serial PRIMARY KEY,
+    many_collection varchar(64) NOT NULL,
+    many_field varchar(64) NOT NULL,
+    one_collection varchar(64),
+    one_field varchar(64),
+    one_collection_field varchar(64),
+    one_allowed_collections text,
+    junction_field varchar(64),
+    sort_field varchar(64),
+    one_deselect_action varchar(255) NOT NULL DEFAULT 'nullify'
+);
+CREATE TABLE comments (id serial PRIMARY KEY, article integer REFERENCES articles(id), body text);
+CREATE TABLE categories (id serial PRIMARY KEY, name text);
+CREATE TABLE articles_categories (
+    id serial PRIMARY KEY,
+    articles_id integer REFERENCES articles(id) ON DELETE CASCADE,
+    categories_id integer REFERENCES categories(id) ON DELETE CASCADE
+);
+INSERT INTO directus_relations (many_collection, many_field, one_collection, one_field, junction_field) VALUES
+    ('comments', 'article', 'articles', 'comments', NULL),
+    ('articles_categories', 'articles_id', 'articles', 'categories', 'categories_id'),
+    ('articles_categories', 'categories_id', 'categories', NULL, 'articles_id');
+INSERT INTO comments (article, body) VALUES (1, 'second'), (1, 'first'), (2, 'elsewhere');
+INSERT INTO categories (name) VALUES ('news'), ('tech');
+INSERT INTO articles_categories (articles_id, categories_id) VALUES (1, 2), (1, 1);
+"#;
+
+#[tokio::test]
+async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
+    let c = start().await;
+    let sql = c.sql().await.unwrap();
+    sql.batch_execute(BLOG).await.unwrap();
+    let mut ws = open_as(&c, &admin_token(&c).await).await;
+    let init = subscribe(
+        &mut ws,
+        json!({"type":"subscribe","collection":"articles","query":{
+            "fields":["id","title","comments.body","categories.categories_id.name"],
+            "filter":{"id":{"_lte":2}},"sort":["id"]},"uid":"a"}),
+    )
+    .await;
+    assert_eq!(
+        init["data"],
+        json!([
+            {"id":1,"title":"Hello realtime",
+             "comments":[{"body":"second"},{"body":"first"}],
+             "categories":[{"categories_id":{"name":"tech"}},{"categories_id":{"name":"news"}}]},
+            {"id":2,"title":"Draft ideas","comments":[{"body":"elsewhere"}],"categories":[]}
+        ]),
+        "items in key order per parent; an item without any shows []"
+    );
+
+    // `*` shows the aliases as their items' keys, after the columns.
+    let mut ws2 = open_as(&c, &admin_token(&c).await).await;
+    let star = subscribe(
+        &mut ws2,
+        json!({"type":"subscribe","collection":"articles","query":{"fields":["*"],"filter":{"id":{"_eq":1}}},"uid":"s"}),
+    )
+    .await;
+    let row = &star["data"][0];
+    assert_eq!(
+        row.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["id", "title", "status", "date_created", "author", "categories", "comments"],
+        "{row}"
+    );
+    assert_eq!(row["comments"], json!([1, 2]));
+    assert_eq!(row["categories"], json!([1, 2]));
+
+    // Events carry the arrays as they are when the change is read.
+    sql.batch_execute("INSERT INTO comments (article, body) VALUES (1, 'third'); UPDATE articles SET title = 'Hello again' WHERE id = 1;")
+        .await
+        .unwrap();
+    let m = next(&mut ws).await;
+    assert_eq!(m["event"], "update", "{m}");
+    assert_eq!(
+        m["data"],
+        json!([{"id":1,"title":"Hello again",
+                "comments":[{"body":"second"},{"body":"first"},{"body":"third"}],
+                "categories":[{"categories_id":{"name":"tech"}},{"categories_id":{"name":"news"}}]}])
+    );
+    let m = next(&mut ws2).await;
+    assert_eq!(m["data"][0]["comments"], json!([1, 2, 4]), "{m}");
+}
