@@ -57,6 +57,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The related item a many-to-one field shows (`author.email`, `author.*`), read by key from its
 /// collection with the subscriber's permissions there. Self-contained (table, columns and kinds), so a
 /// worker that has no schema can read and encode it.
@@ -78,13 +82,17 @@ pub struct RelatedField {
     /// shown as an array per parent). `None`: many-to-one, read by primary key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign_key: Option<String>,
-    /// One-to-many: the order of each parent's items (`directus_relations.sort_field`, else the key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sort: Option<String>,
-    /// One-to-many: at most this many items per parent (Directus's `QUERY_LIMIT_DEFAULT` for nested
-    /// reads without `deep`).
+    /// One-to-many: the order of each parent's items (`deep._sort`, else `directus_relations.sort_field`,
+    /// else the key), (field, descending).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sort: Vec<(String, bool)>,
+    /// One-to-many: at most this many items per parent (`deep._limit`, else Directus's
+    /// `QUERY_LIMIT_DEFAULT` for nested reads; `None` = all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// One-to-many: items skipped per parent (`deep._offset`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u32,
     /// Each item is shown as its primary key (an alias field asked for by name or through `*`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub keys_only: bool,
@@ -298,6 +306,7 @@ pub fn normalize_with(
         &rules,
         is_admin,
         &params.fields,
+        params.deep.as_ref(),
         "",
         1,
         &mut Level {
@@ -433,6 +442,112 @@ pub fn normalize_with(
     })
 }
 
+/// What a `deep` entry asks of one relation's items.
+struct DeepQuery {
+    filter: Filter,
+    sort: Option<Vec<(String, bool)>>,
+    /// `Some(None)`: `_limit: -1` (all items).
+    limit: Option<Option<u32>>,
+    offset: u32,
+}
+
+/// Read `_filter`, `_sort`, `_limit` and `_offset` of a `deep` entry for `coll` (fields checked
+/// against the subscriber's read access there, like the top-level query's).
+fn deep_query(
+    coll: &Collection,
+    deep: Option<&serde_json::Map<String, Json>>,
+    rules: &Rules,
+    is_admin: bool,
+    level: &Level<'_>,
+    path: &str,
+) -> Result<DeepQuery, QueryError> {
+    let mut q = DeepQuery {
+        filter: Filter::TRUE,
+        sort: None,
+        limit: None,
+        offset: 0,
+    };
+    let Some(deep) = deep else { return Ok(q) };
+    let allowed = |f: &str| coll.column(f).is_some() && may_read(rules, is_admin, f);
+    let mut unknown: Vec<String> = Vec::new();
+    for (key, value) in deep.iter().filter(|(k, _)| k.starts_with('_')) {
+        let bad = |what: &str| QueryError::invalid(format!("\"deep.{path}.{key}\" {what}"));
+        match key.as_str() {
+            "_filter" => {
+                let value = match value {
+                    Json::String(s) => serde_json::from_str(s).map_err(|_| bad("must be a valid JSON object"))?,
+                    v => v.clone(),
+                };
+                if value.is_null() {
+                    continue;
+                }
+                let raw = filter::parse(&value, level.vars, level.limits.filter)?;
+                match filter::bind(&raw, coll) {
+                    Ok(f) => {
+                        for c in f.conditions() {
+                            if !allowed(&c.field) && !unknown.contains(&c.field) {
+                                unknown.push(c.field.clone());
+                            }
+                        }
+                        q.filter = f;
+                    }
+                    Err(QueryError::Forbidden(_)) => collect_raw_fields(&raw, &mut |f| {
+                        if !allowed(f) && !unknown.iter().any(|u| u == f) {
+                            unknown.push(f.to_owned());
+                        }
+                    }),
+                    Err(e) => return Err(e),
+                }
+            }
+            "_sort" => {
+                let list: Vec<String> = match value {
+                    Json::String(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+                    Json::Array(a) => a.iter().filter_map(|v| v.as_str().map(|s| s.trim().to_owned())).collect(),
+                    _ => return Err(bad("must be a string or array")),
+                };
+                let mut sort = Vec::new();
+                for s in list.into_iter().filter(|s| !s.is_empty()) {
+                    let (f, desc) = match s.strip_prefix('-') {
+                        Some(f) => (f.to_owned(), true),
+                        None => (s, false),
+                    };
+                    if !allowed(&f) && !unknown.contains(&f) {
+                        unknown.push(f.clone());
+                    }
+                    sort.push((f, desc));
+                }
+                if !sort.is_empty() {
+                    q.sort = Some(sort);
+                }
+            }
+            "_limit" | "_offset" => {
+                let n = match value {
+                    Json::Number(n) => n.as_i64(),
+                    Json::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                }
+                .ok_or_else(|| bad("must be a number"))?;
+                if key == "_limit" {
+                    q.limit = Some(match n {
+                        -1 => None,
+                        n if (0..=u32::MAX as i64).contains(&n) => Some(n as u32),
+                        _ => return Err(bad("must be greater than or equal to -1")),
+                    });
+                } else {
+                    q.offset = u32::try_from(n).map_err(|_| bad("must be greater than or equal to 0"))?;
+                }
+            }
+            _ => {
+                return Err(bad("is not supported in subscriptions by this server"));
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(QueryError::unknown_fields(&coll.name, &unknown, path));
+    }
+    Ok(q)
+}
+
 type Rules = Vec<(Filter, Option<Vec<String>>)>;
 
 /// The caller's read rules for `coll`, bound against it. A rule that does not parse is the
@@ -492,6 +607,7 @@ fn project_fields(
     rules: &Rules,
     is_admin: bool,
     fields: &[String],
+    deep: Option<&serde_json::Map<String, Json>>,
     path: &str,
     depth: usize,
     level: &mut Level<'_>,
@@ -567,6 +683,15 @@ fn project_fields(
     if !path.is_empty() && !unknown.is_empty() {
         return Err(QueryError::unknown_fields(&coll.name, unknown, path));
     }
+    // `deep` names relational fields of this level (its `_` keys belong to the level above).
+    for key in deep.into_iter().flat_map(|d| d.keys()) {
+        if !key.starts_with('_') && !is_relation(key) {
+            return Err(QueryError::invalid(format!(
+                "\"deep\" names \"{key}\", which is not a relational field of \"{}\"",
+                coll.name
+            )));
+        }
+    }
     // A relational field takes the place of the column it expands (`*` then `author.*`), else comes
     // after the plain fields, in order of first mention.
     let mut names: Vec<(String, Option<Vec<String>>)> = plain.into_iter().map(|n| (n, None)).collect();
@@ -590,7 +715,17 @@ fn project_fields(
                     Some(o) => (o.collection.as_str(), Some(o)),
                     None => (coll.m2o_target(&name).expect("checked above"), None),
                 };
-                let rel = related_field(target, &rests, &sub_path, depth + 1, level, via)?;
+                let sub_deep = deep.and_then(|d| d.get(&name));
+                let sub_deep = match sub_deep {
+                    None | Some(Json::Null) => None,
+                    Some(Json::Object(o)) => Some(o),
+                    Some(_) => {
+                        return Err(QueryError::invalid(format!(
+                            "\"deep.{name}\" must be an object"
+                        )));
+                    }
+                };
+                let rel = related_field(target, &rests, sub_deep, &sub_path, depth + 1, level, via)?;
                 (Some(rel), via.map(|_| coll.primary_key.clone()))
             }
         };
@@ -609,6 +744,7 @@ fn project_fields(
 fn related_field(
     target: &str,
     fields: &[String],
+    deep: Option<&serde_json::Map<String, Json>>,
     path: &str,
     depth: usize,
     level: &mut Level<'_>,
@@ -628,13 +764,17 @@ fn related_field(
     let is_admin = matches!(access, Access::Admin);
     let mut unknown = Vec::new();
     let projection = project_fields(
-        coll, &rules, is_admin, fields, path, depth, level, &mut unknown,
+        coll, &rules, is_admin, fields, deep, path, depth, level, &mut unknown,
     )?;
-    let mut filter = if is_admin {
-        Filter::TRUE
-    } else {
-        Filter::or(rules.iter().map(|(f, _)| f.clone()))
-    };
+    let q = deep_query(coll, deep, &rules, is_admin, level, path)?;
+    let mut filter = Filter::and([
+        q.filter,
+        if is_admin {
+            Filter::TRUE
+        } else {
+            Filter::or(rules.iter().map(|(f, _)| f.clone()))
+        },
+    ]);
     filter.canonicalize();
     let mut columns: Vec<(String, Kind)> = vec![(coll.primary_key.clone(), coll.pk_column().kind.clone())];
     let mut add = |name: &str| {
@@ -647,16 +787,25 @@ fn related_field(
     for c in crate::project::read_columns(&projection) {
         add(c);
     }
-    let sort = o2m.map(|o| {
-        o.sort_field
-            .clone()
-            .filter(|s| coll.column(s).is_some())
-            .unwrap_or_else(|| coll.primary_key.clone())
-    });
+    let mut sort: Vec<(String, bool)> = match (o2m, q.sort) {
+        (None, _) => Vec::new(),
+        (Some(_), Some(s)) => s,
+        (Some(o), None) => vec![(
+            o.sort_field
+                .clone()
+                .filter(|s| coll.column(s).is_some())
+                .unwrap_or_else(|| coll.primary_key.clone()),
+            false,
+        )],
+    };
+    if o2m.is_some() && !sort.iter().any(|(f, _)| *f == coll.primary_key) {
+        // Ties broken by key, so the order (and the limit's cut) is the same on every read.
+        sort.push((coll.primary_key.clone(), false));
+    }
     if let Some(o) = o2m {
         add(&o.foreign_key);
     }
-    if let Some(s) = &sort {
+    for (s, _) in &sort {
         add(s);
     }
     let index = level.relations.len();
@@ -673,7 +822,8 @@ fn related_field(
         columns,
         foreign_key: o2m.map(|o| o.foreign_key.clone()),
         sort,
-        limit: o2m.map(|_| NESTED_LIMIT),
+        limit: if o2m.is_some() { q.limit.unwrap_or(Some(NESTED_LIMIT)) } else { None },
+        offset: if o2m.is_some() { q.offset } else { 0 },
     });
     Ok(index as u16)
 }

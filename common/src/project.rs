@@ -376,8 +376,9 @@ mod tests {
             fields: vec![text("name")],
             columns: vec![("id".into(), Kind::Int4), ("name".into(), Kind::Text)],
             foreign_key: None,
-            sort: None,
+            sort: Vec::new(),
             limit: None,
+            offset: 0,
             keys_only: false,
         };
         let users = RelatedField {
@@ -392,8 +393,9 @@ mod tests {
                 ("role".into(), Kind::Int4),
             ],
             foreign_key: None,
-            sort: None,
+            sort: Vec::new(),
             limit: None,
+            offset: 0,
             keys_only: false,
         };
         let fields = vec![text("id"), Projection { relation: Some(1), ..text("author") }];

@@ -43,14 +43,15 @@ pub struct QueryParams {
     pub offset: i64,
     pub meta: Vec<MetaKind>,
     pub search: Option<String>,
+    /// `deep`: per-relation queries for nested items, keyed by relational field (string form decoded).
+    pub deep: Option<Map<String, Json>>,
 }
 
 /// Query parameters Directus supports that subscriptions here do not (yet): refused with a clear error
 /// instead of being silently ignored.
-const UNSUPPORTED: [&str; 6] = [
+const UNSUPPORTED: [&str; 5] = [
     "aggregate",
     "groupBy",
-    "deep",
     "alias",
     "version",
     "versionRaw",
@@ -107,6 +108,20 @@ pub fn parse_query(
         .any(|f| f.split('.').count() > cfg.max_relational_depth)
     {
         return Err(QueryError::invalid("Max relational depth exceeded"));
+    }
+
+    if let Some(d) = raw.get("deep") {
+        let value = match d {
+            Json::String(s) if s.is_empty() => Json::Null,
+            Json::String(s) => serde_json::from_str(s)
+                .map_err(|_| QueryError::invalid("\"deep\" must be a valid JSON object"))?,
+            other => other.clone(),
+        };
+        match value {
+            Json::Null => {}
+            Json::Object(o) => q.deep = Some(o),
+            _ => return Err(QueryError::invalid("\"deep\" must be a valid JSON object")),
+        }
     }
 
     if let Some(s) = raw.get("sort") {

@@ -111,19 +111,29 @@ pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
     match (&rel.foreign_key, rel.limit) {
         (Some(fk), limit) => {
             // Each parent's items in order, at most `limit` of them.
-            let order = match &rel.sort {
-                Some(s) if s != &rel.primary_key => {
-                    format!("t.{}, t.{}", ident(s), ident(&rel.primary_key))
-                }
-                _ => format!("t.{}", ident(&rel.primary_key)),
+            let order = if rel.sort.is_empty() {
+                format!("t.{}", ident(&rel.primary_key))
+            } else {
+                rel.sort
+                    .iter()
+                    .map(|(f, desc)| format!("t.{}{}", ident(f), if *desc { " DESC" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             let _ = write!(
                 text,
                 " FROM (SELECT t.*, row_number() OVER (PARTITION BY t.{fk} ORDER BY {order}) AS rt_n FROM {table} t WHERE {matches} AND {filter}) t",
                 fk = ident(fk),
             );
-            if let Some(limit) = limit {
-                let _ = write!(text, " WHERE t.rt_n <= {limit}");
+            let offset = rel.offset as u64;
+            match limit {
+                Some(limit) => {
+                    let _ = write!(text, " WHERE t.rt_n > {offset} AND t.rt_n <= {}", offset + limit as u64);
+                }
+                None if offset > 0 => {
+                    let _ = write!(text, " WHERE t.rt_n > {offset}");
+                }
+                None => {}
             }
             let _ = write!(text, " ORDER BY t.{}, t.rt_n", ident(fk));
         }

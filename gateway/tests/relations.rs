@@ -353,4 +353,38 @@ async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
     );
     let m = next(&mut ws2).await;
     assert_eq!(m["data"][0]["comments"], json!([1, 2, 4]), "{m}");
+
+    // `deep`: per-relation filter, sort and limit of the nested items.
+    let mut ws3 = open_as(&c, &admin_token(&c).await).await;
+    let init = subscribe(
+        &mut ws3,
+        json!({"type":"subscribe","collection":"articles","query":{
+            "fields":["id","comments.body"],"filter":{"id":{"_eq":1}},
+            "deep":{"comments":{"_filter":{"body":{"_neq":"first"}},"_sort":["-id"],"_limit":1}}},"uid":"d"}),
+    )
+    .await;
+    assert_eq!(init["data"], json!([{"id":1,"comments":[{"body":"third"}]}]), "{init}");
+    // `deep` on a field that is not a relation, and an unknown field in a deep filter: clear errors,
+    // and the connection goes on.
+    let bad = subscribe(
+        &mut ws3,
+        json!({"type":"subscribe","collection":"articles","query":{"fields":["id"],"deep":{"title":{"_limit":1}}},"uid":"x"}),
+    )
+    .await;
+    assert_eq!(bad["error"]["code"], "INVALID_QUERY", "{bad}");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("\"title\", which is not a relational field"), "{bad}");
+    let bad = subscribe(
+        &mut ws3,
+        json!({"type":"subscribe","collection":"articles","query":{"fields":["comments.body"],"deep":{"comments":{"_filter":{"nope":{"_eq":1}}}}},"uid":"y"}),
+    )
+    .await;
+    assert_eq!(
+        bad["error"],
+        json!({"code":"FORBIDDEN","message":"You don't have permission to access field \"nope\" in collection \"comments\" or it does not exist. Queried in \"comments\"."})
+    );
+    sql.batch_execute("INSERT INTO comments (article, body) VALUES (1, 'fourth'); UPDATE articles SET status = 'draft' WHERE id = 1;")
+        .await
+        .unwrap();
+    let m = next(&mut ws3).await;
+    assert_eq!(m["data"], json!([{"id":1,"comments":[{"body":"fourth"}]}]), "{m}");
 }
