@@ -843,6 +843,7 @@ fn pk_eq(field: &str, kind: &Kind, d: Datum) -> Filter {
         kind: kind.clone(),
         op: filter::Op::Eq,
         args: vec![d],
+        now: Vec::new(),
     })
 }
 
@@ -889,6 +890,7 @@ fn search(coll: &Collection, term: &str, allowed: &impl Fn(&str) -> bool) -> Fil
                 kind: c.kind.clone(),
                 op,
                 args,
+                now: Vec::new(),
             })
         };
         match &c.kind {

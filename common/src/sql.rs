@@ -191,7 +191,7 @@ pub fn filter(f: &Filter, params: &mut Vec<Option<String>>) -> String {
         Filter::Or(parts) if parts.is_empty() => "FALSE".into(),
         Filter::And(parts) => join(parts, " AND ", params),
         Filter::Or(parts) => join(parts, " OR ", params),
-        Filter::Cond(c) => cond(c, params),
+        Filter::Cond(c) => cond(&c.resolved(), params),
     }
 }
 

@@ -340,7 +340,8 @@ fn evaluator_agrees_with_postgres() {
                 Err(_) => return Ok(()), // refused filters never reach either side
             };
             let mut params = Vec::new();
-            let where_sql = common::sql::filter(&bound, &mut params);
+            // `$NOW` at one instant on both sides.
+            let where_sql = filter::with_now(now, || common::sql::filter(&bound, &mut params));
             let sql = format!("SELECT id FROM public.p t WHERE {where_sql}");
             let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
                 .iter()
@@ -356,7 +357,7 @@ fn evaluator_agrees_with_postgres() {
             };
             let from_eval: BTreeSet<i32> = rows
                 .iter()
-                .filter(|r| bound.matches(&|k: &str| r.get(k)))
+                .filter(|r| filter::with_now(now, || bound.matches(&|k: &str| r.get(k))))
                 .map(|r| match r["id"] {
                     Datum::Int(i) => i as i32,
                     _ => unreachable!(),

@@ -169,12 +169,36 @@ fn bind_cond(
             "Field with \"conceal\" special does not allow the \"{op}\" filter operator"
         )));
     }
-    let cond = |op: Op, args: Vec<Datum>| {
+    // `$NOW` against a time column follows the clock: the argument is kept as its adjustment (and a
+    // placeholder, so the canonical query does not depend on when it was subscribed).
+    let now: Vec<(u8, super::NowAdj)> = if matches!(kind, Kind::Date | Kind::Timestamp | Kind::TimestampTz) {
+        let items: Vec<&Val> = match value {
+            RawValue::One(v) => vec![v],
+            RawValue::List(l) => l.iter().collect(),
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v {
+                Val::Now(_, adj) => Some((u8::try_from(i).ok()?, *adj)),
+                _ => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let cond = |op: Op, mut args: Vec<Datum>| {
+        for (i, _) in &now {
+            if let Some(a) = args.get_mut(*i as usize) {
+                *a = Datum::TimestampTz(0);
+            }
+        }
         Filter::Cond(Cond {
             field: field.into(),
             kind: kind.clone(),
             op,
             args,
+            now: now.clone(),
         })
     };
     let one = || match value {
@@ -276,7 +300,7 @@ fn js_string(v: &Val) -> Option<String> {
         Val::Json(Json::String(s)) => s.clone(),
         Val::Json(Json::Number(n)) => crate::protocol::Uid::Num(n.clone()).to_js_string(),
         Val::Json(Json::Bool(b)) => b.to_string(),
-        Val::Instant(us) => value::format_iso_utc(*us),
+        Val::Now(us, _) => value::format_iso_utc(*us),
         Val::Json(Json::Null) => return None,
         Val::Json(_) => return None,
     })
@@ -285,7 +309,7 @@ fn js_string(v: &Val) -> Option<String> {
 fn bad_value(kind: &Kind, v: &Val) -> QueryError {
     let shown = match v {
         Val::Json(j) => j.to_string(),
-        Val::Instant(us) => value::format_iso_utc(*us),
+        Val::Now(us, _) => value::format_iso_utc(*us),
     };
     let shown: String = shown.chars().take(64).collect();
     QueryError::invalid(format!(
@@ -349,7 +373,7 @@ pub fn to_datum(kind: &Kind, v: &Val) -> Result<Datum, QueryError> {
                 .to_owned(),
         ),
         Kind::Date | Kind::Timestamp | Kind::TimestampTz => match v {
-            Val::Instant(us) => Datum::TimestampTz(*us),
+            Val::Now(us, _) => Datum::TimestampTz(*us),
             Val::Json(Json::String(s)) => parse_datetime_value(s).ok_or_else(bad)?,
             _ => return Err(bad()),
         },

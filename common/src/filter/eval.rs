@@ -36,7 +36,7 @@ impl Filter {
                 }
                 result
             }
-            Filter::Cond(c) => c.eval(get(&c.field).unwrap_or(&Datum::Null)),
+            Filter::Cond(c) => c.resolved().eval(get(&c.field).unwrap_or(&Datum::Null)),
         }
     }
 }

@@ -26,7 +26,7 @@ mod vars;
 pub use bind::{bind, check_structure, compares_as_text, is_known_operator, to_datum};
 pub use eval::{like, pg_lower};
 pub use parse::{RawFilter, RawValue, parse};
-pub use vars::{Val, VarContext, adjust_now, required_lookups};
+pub use vars::{NowAdj, Val, VarContext, adjust_now, eval_now, required_lookups, with_now};
 
 /// Why a filter or query was refused; maps onto the wire error codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,6 +131,27 @@ pub struct Cond {
     /// Operands: one for comparisons, the list for `_in`/`_nin`, two for `_between`, the pattern (as
     /// `Datum::Text`) for `LIKE`, none for the null/empty checks.
     pub args: Vec<Datum>,
+    /// Arguments that are `$NOW(...)` against a time column, by index: computed at evaluation time
+    /// ([`vars::with_now`]); their entry in `args` is a placeholder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub now: Vec<(u8, NowAdj)>,
+}
+
+impl Cond {
+    /// This condition with its `$NOW` arguments computed for "now" ([`vars::eval_now`]).
+    pub fn resolved(&self) -> std::borrow::Cow<'_, Cond> {
+        if self.now.is_empty() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let now = vars::eval_now();
+        let mut c = self.clone();
+        for (i, adj) in &self.now {
+            if let Some(a) = c.args.get_mut(*i as usize) {
+                *a = adj.at(now).map_or(Datum::Null, Datum::TimestampTz);
+            }
+        }
+        std::borrow::Cow::Owned(c)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -251,7 +251,7 @@ fn validate_value(op: &str, value: &RawValue) -> Result<(), QueryError> {
                 }
             } else {
                 match v {
-                    Val::Instant(_) | Val::Json(Json::Null | Json::Bool(_)) => {}
+                    Val::Now(..) | Val::Json(Json::Null | Json::Bool(_)) => {}
                     Val::Json(Json::Number(n)) => {
                         let f = n.as_f64().unwrap_or(f64::NAN);
                         if !f.is_finite() || f.abs() > 9_007_199_254_740_991.0 {

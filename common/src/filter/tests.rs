@@ -89,14 +89,36 @@ fn numbers_dates_and_logic() {
     assert!(m(&f, &row(&[("id", "6")])) && !m(&f, &row(&[("id", "5")])));
     let f = filter(json!({"price": {"_between": ["1.0", "2.50"]}})).unwrap();
     assert!(m(&f, &row(&[("price", "2.5")])) && !m(&f, &row(&[("price", "2.51")])));
+    // `$NOW` is evaluated at the moment given (a change's commit time), not when the filter was bound.
+    let at = value::parse_timestamp("2024-06-15 12:00:00", true).unwrap();
     let f = filter(json!({"date_created": {"_gte": "$NOW(-1 day)"}})).unwrap();
-    assert!(m(&f, &row(&[("date_created", "2024-06-15 00:00:00+00")])));
-    assert!(!m(&f, &row(&[("date_created", "2024-06-14 11:59:59+00")])));
+    with_now(at, || {
+        assert!(m(&f, &row(&[("date_created", "2024-06-15 00:00:00+00")])));
+        assert!(!m(&f, &row(&[("date_created", "2024-06-14 11:59:59+00")])));
+    });
+    let week_later = at + 7 * 86_400_000_000;
+    with_now(week_later, || {
+        assert!(
+            !m(&f, &row(&[("date_created", "2024-06-15 00:00:00+00")])),
+            "a week later the same filter means the day before then"
+        );
+        assert!(m(&f, &row(&[("date_created", "2024-06-21 13:00:00+00")])));
+    });
+    let f2 = filter(json!({"date_created": {"_gte": "$NOW(-1 day)"}})).unwrap();
+    assert_eq!(f, f2, "the bound filter does not depend on when it was bound");
     let f = filter(json!({"day": {"_lt": "$NOW"}})).unwrap();
-    assert!(
-        m(&f, &row(&[("day", "2024-06-15")])),
-        "date promotes to midnight vs timestamptz"
-    );
+    with_now(at, || {
+        assert!(
+            m(&f, &row(&[("day", "2024-06-15")])),
+            "date promotes to midnight vs timestamptz"
+        )
+    });
+    let f = filter(json!({"date_created": {"_gte": "$NOW(-1 month)"}})).unwrap();
+    let march31 = value::parse_timestamp("2024-03-31 00:00:00", true).unwrap();
+    with_now(march31, || {
+        assert!(m(&f, &row(&[("date_created", "2024-02-29 00:00:00+00")])), "calendar months clamp");
+        assert!(!m(&f, &row(&[("date_created", "2024-02-28 23:59:59+00")])));
+    });
     let f = filter(json!({"author": {"_eq": "$CURRENT_USER"}})).unwrap();
     assert!(m(
         &f,

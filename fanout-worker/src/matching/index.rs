@@ -111,7 +111,9 @@ fn filing_options(q: &NormalizedQuery) -> Vec<(String, Vec<IndexKey>)> {
     conds
         .into_iter()
         .filter_map(|c| {
-            let ok = match c.op {
+            // A `$NOW` argument moves with the clock: not a bucket key.
+            let ok = c.now.is_empty()
+                && match c.op {
                 Op::Eq => c.args.len() == 1,
                 Op::In => !c.args.is_empty() && c.args.len() <= 64,
                 _ => false,

@@ -220,6 +220,17 @@ pub fn match_chunk(
     scope: Scope<'_>,
     out: &mut Vec<Frame>,
 ) {
+    // `$NOW` in a filter means the change's commit time: the same on every replay of it.
+    common::filter::with_now(chunk.commit_time, || match_chunk_at(ix, schema, chunk, scope, out))
+}
+
+fn match_chunk_at(
+    ix: &mut Index,
+    schema: &str,
+    chunk: &TxChunk,
+    scope: Scope<'_>,
+    out: &mut Vec<Frame>,
+) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut pending_at: HashMap<Slot, usize> = HashMap::new();
     let mut cands: Vec<Slot> = Vec::new();
