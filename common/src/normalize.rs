@@ -118,6 +118,12 @@ pub struct NormalizedQuery {
     /// without relational fields (whose canonical form, and id, are as before relations existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relations: Vec<RelatedField>,
+    /// For a relational query: the PostgreSQL schema and the columns (primary key first, with kinds)
+    /// of its own rows, so a worker can read the items a related row's change shows in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schema: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub root_columns: Vec<(String, Kind)>,
 }
 
 /// 128-bit stable hash of a [`NormalizedQuery`]'s canonical JSON (xxh3-128, seed 0).
@@ -318,6 +324,11 @@ pub fn normalize_with(
         &mut unknown,
     )?;
     let names: Vec<String> = fields.iter().map(|p| p.field.clone()).collect();
+    let root_columns = if relations.is_empty() {
+        Vec::new()
+    } else {
+        root_columns(coll, &fields)
+    };
 
     // Sort fields must exist and be readable too.
     let sort: Vec<(String, bool)> = match &params.sort {
@@ -430,6 +441,8 @@ pub fn normalize_with(
             filter: row_filter,
             fields,
             primary_key: coll.primary_key.clone(),
+            schema: if relations.is_empty() { String::new() } else { coll.schema.clone() },
+            root_columns,
             relations,
         },
         snapshot: SnapshotSpec {
@@ -546,6 +559,19 @@ fn deep_query(
         return Err(QueryError::unknown_fields(&coll.name, &unknown, path));
     }
     Ok(q)
+}
+
+/// The primary key, then the columns `fields` reads, with their kinds.
+fn root_columns(coll: &Collection, fields: &[Projection]) -> Vec<(String, Kind)> {
+    let mut out = vec![(coll.primary_key.clone(), coll.pk_column().kind.clone())];
+    for name in crate::project::read_columns(fields) {
+        if !out.iter().any(|(n, _)| n == name)
+            && let Some(c) = coll.column(name)
+        {
+            out.push((name.to_owned(), c.kind.clone()));
+        }
+    }
+    out
 }
 
 type Rules = Vec<(Filter, Option<Vec<String>>)>;

@@ -144,6 +144,46 @@ pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
     Sql { text, params }
 }
 
+/// The rows of relational query `q` whose column `by` holds one of `keys` and that pass its filter:
+/// the items a related row's change shows in. Result columns are `q.root_columns`, in order.
+pub fn follow(q: &NormalizedQuery, by: &str, keys: &[String]) -> Sql {
+    let mut params = vec![Some(array_literal(keys))];
+    let mut text = String::from("SELECT ");
+    for (i, (name, kind)) in q.root_columns.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match kind {
+            Kind::Bpchar => {
+                let _ = write!(text, "t.{}", ident(name));
+            }
+            _ => {
+                let _ = write!(text, "t.{}::text", ident(name));
+            }
+        }
+    }
+    let by_kind = q
+        .root_columns
+        .iter()
+        .find(|(c, _)| c == by)
+        .map(|(_, k)| k.clone())
+        .unwrap_or(Kind::Text);
+    let matches = if compares_as_text(&by_kind) || by_kind == Kind::Bpchar {
+        format!("t.{}::text = ANY($1::text::text[])", ident(by))
+    } else {
+        format!("t.{} = ANY($1::text::{}[])", ident(by), by_kind.sql_cast())
+    };
+    let _ = write!(
+        text,
+        " FROM {}.{} t WHERE {matches} AND {} ORDER BY t.{}",
+        ident(&q.schema),
+        ident(&q.collection),
+        filter(&q.filter, &mut params),
+        ident(&q.primary_key)
+    );
+    Sql { text, params }
+}
+
 /// A PostgreSQL array literal of text elements: `{"a","b\"c"}`.
 fn array_literal(items: &[String]) -> String {
     let mut out = String::from("{");

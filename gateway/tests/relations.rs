@@ -76,8 +76,20 @@ async fn the_related_item_is_in_init_and_in_every_create_and_update() {
     let orphan = insert(&sql, "anonymous", None).await;
     let m = next(&mut ws).await;
     assert_eq!(m["data"], json!([{"id":orphan,"title":"anonymous","author":null}]));
+    // The author's new email reaches the items that show it (Directus sends nothing here).
     sql.execute(
         "UPDATE directus_users SET email = 'renamed@example.com' WHERE id = $1::text::uuid",
+        &[&writer],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type":"subscription","event":"update","data":[{"id":by_writer,"title":"by the writer","author":{"email":"renamed@example.com"}}],"uid":"a"})
+    );
+    // A change to a column the items do not show sends nothing; the next event is the title's.
+    sql.execute(
+        "UPDATE directus_users SET last_page = '/somewhere', first_name = 'W' WHERE id = $1::text::uuid",
         &[&writer],
     )
     .await
@@ -169,6 +181,23 @@ async fn related_rows_and_fields_follow_the_subscribers_permissions() {
     assert_eq!(
         next(&mut ws).await["data"],
         json!([{"id": theirs, "author": null}])
+    );
+    // A change to a user row the reader may not read tells it nothing; a change to its own does.
+    sql.execute(
+        "UPDATE directus_users SET first_name = 'Boss' WHERE email = $1",
+        &[&ADMIN_EMAIL],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "UPDATE directus_users SET first_name = 'Reader' WHERE id = $1::text::uuid",
+        &[&reader],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type":"subscription","event":"update","data":[{"id": mine, "author": {"first_name": "Reader"}}],"uid":"a"})
     );
 }
 
@@ -353,6 +382,22 @@ async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
     );
     let m = next(&mut ws2).await;
     assert_eq!(m["data"][0]["comments"], json!([1, 2, 4]), "{m}");
+    // A new comment alone: its article gets an update with the new list (one-to-many followed); so
+    // does a new junction row (one level down). A renamed category (two levels down) is not followed.
+    sql.batch_execute("INSERT INTO comments (article, body) VALUES (2, 'on the draft')")
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type":"subscription","event":"update","data":[{"id":2,"title":"Draft ideas","comments":[{"body":"elsewhere"},{"body":"on the draft"}],"categories":[]}],"uid":"a"})
+    );
+    sql.batch_execute("INSERT INTO articles_categories (articles_id, categories_id) VALUES (2, 1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await["data"],
+        json!([{"id":2,"title":"Draft ideas","comments":[{"body":"elsewhere"},{"body":"on the draft"}],"categories":[{"categories_id":{"name":"news"}}]}])
+    );
 
     // `deep`: per-relation filter, sort and limit of the nested items.
     let mut ws3 = open_as(&c, &admin_token(&c).await).await;

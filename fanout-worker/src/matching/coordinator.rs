@@ -127,8 +127,62 @@ struct Outgoing {
 struct Held {
     xid: u32,
     commit_time: i64,
+    lsn: u64,
+    seq: u32,
     /// Each frame, the gateways it goes to, and its query (for the related reads).
     frames: Vec<(Frame, Vec<Arc<str>>, Arc<NormalizedQuery>)>,
+    /// Items of relational queries to read again because a row they show changed.
+    follows: Vec<Follow>,
+}
+
+/// The items of one relational query whose column `by` holds one of `keys`: they show a related row
+/// the chunk changed, and get an `update`.
+#[derive(Debug, Clone)]
+struct Follow {
+    slot: Slot,
+    def: Arc<NormalizedQuery>,
+    gateways: Vec<Arc<str>>,
+    by: String,
+    keys: Vec<String>,
+    /// Items the chunk changed themselves (their own event already shows them).
+    skip: std::collections::HashSet<String>,
+    /// Position index of the first frame this adds (after the query's own frames of the chunk).
+    idx: u16,
+}
+
+/// One statement reading the items of a [`Follow`]; its rows go back through
+/// [`Coordinator::related_rows_followed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowRead {
+    pub follow: usize,
+    pub sql: common::sql::Sql,
+}
+
+/// Whether the subscriber may read this related row (its permission filter there holds): a change to
+/// a row it may not read must not make its items look changed.
+fn may_see(filter: &common::filter::Filter, cells: &[common::change::Cell], rel: &common::change::Relation) -> bool {
+    if filter.is_true() {
+        return true;
+    }
+    let datums: HashMap<&str, common::value::Datum> = rel
+        .columns
+        .iter()
+        .zip(cells)
+        .filter_map(|(c, cell)| {
+            let d = match cell {
+                common::change::Cell::Text(t) => common::value::parse_datum(&c.kind, t).ok()?,
+                common::change::Cell::Null => common::value::Datum::Null,
+                common::change::Cell::Unchanged => return None,
+            };
+            Some((c.name.as_str(), d))
+        })
+        .collect();
+    filter.matches(&|name: &str| datums.get(name))
+}
+
+fn cell_text(cells: &[common::change::Cell], rel: &common::change::Relation, column: &str) -> Option<String> {
+    let i = rel.columns.iter().position(|c| c.name == column)?;
+    cells.get(i)?.as_text().map(str::to_owned)
 }
 
 /// One statement to run for held frames: its rows go back through [`Coordinator::related_rows`].
@@ -216,9 +270,9 @@ impl Coordinator {
     /// Route a chunk's frames: straight out, or (when some query needs related items read) held with
     /// everything else of the chunk until [`Coordinator::release_held`], so the order between events
     /// and announcements is the order of the stream.
-    fn route(&mut self, chunk: &TxChunk, routed: Vec<(Frame, Vec<Arc<str>>)>) {
+    fn route(&mut self, chunk: &TxChunk, routed: Vec<(Frame, Vec<Arc<str>>)>, follows: Vec<Follow>) {
         assert!(self.held.is_none(), "related reads of a previous chunk are still open");
-        if routed.iter().any(|(f, _)| f.marks.is_some()) {
+        if !follows.is_empty() || routed.iter().any(|(f, _)| f.marks.is_some()) {
             let frames = routed
                 .into_iter()
                 .filter_map(|(f, gws)| {
@@ -229,7 +283,10 @@ impl Coordinator {
             self.held = Some(Held {
                 xid: chunk.xid,
                 commit_time: chunk.commit_time,
+                lsn: chunk.lsn,
+                seq: chunk.seq,
                 frames,
+                follows,
             });
             return;
         }
@@ -238,6 +295,189 @@ impl Coordinator {
                 self.out.append(gw, f, chunk);
             }
         }
+    }
+
+    /// The changes of `chunk` to rows that relational queries show one level down (an author's email,
+    /// a new comment): which of their items to read again. `wanted` limits it to some queries (a
+    /// replay); `gateways` says where each query's frames go.
+    fn plan_follows(
+        &self,
+        chunk: &TxChunk,
+        frames: &[Slot],
+        wanted: &dyn Fn(Slot) -> bool,
+        gateways: &dyn Fn(Slot) -> Vec<Arc<str>>,
+    ) -> Vec<Follow> {
+        use common::change::Change;
+        let mut out: Vec<Follow> = Vec::new();
+        if !self.index.has_followers() {
+            return out;
+        }
+        if !chunk.relations.iter().any(|r| r.schema == self.schema && !self.index.followers(&r.table).is_empty()) {
+            return out;
+        }
+        for change in &chunk.changes {
+            let (rel_id, old, new) = match change {
+                Change::Insert { rel, new } => (*rel, None, Some(new)),
+                Change::Update { rel, old, new } => (*rel, old.as_ref(), Some(new)),
+                Change::Delete { rel, old } => (*rel, Some(old), None),
+                Change::Truncate { .. } => continue,
+            };
+            let Some(rel) = chunk.relation(rel_id).filter(|r| r.schema == self.schema) else {
+                continue;
+            };
+            for &slot in self.index.followers(&rel.table) {
+                if !wanted(slot) {
+                    continue;
+                }
+                let Some(entry) = self.index.get(slot) else { continue };
+                let def = &entry.def;
+                if !def.wants(common::event::EventKind::Update) {
+                    continue;
+                }
+                for p in &def.fields {
+                    let Some(r) = p.relation.and_then(|r| def.relations.get(r as usize)) else {
+                        continue;
+                    };
+                    if r.collection != rel.table {
+                        continue;
+                    }
+                    // Only a change to what the item shows (or to which parent it belongs).
+                    let touched = match (old, new) {
+                        (Some(o), Some(n)) if !o.key_only => {
+                            r.columns.iter().map(|(c, _)| c.as_str()).chain(r.foreign_key.as_deref()).any(|c| {
+                                cell_text(&o.cells, rel, c) != cell_text(n, rel, c)
+                            })
+                        }
+                        _ => true,
+                    };
+                    if !touched {
+                        continue;
+                    }
+                    let visible = new.is_some_and(|n| may_see(&r.filter, n, rel))
+                        || old.is_some_and(|o| !o.key_only && may_see(&r.filter, &o.cells, rel));
+                    if !visible {
+                        continue;
+                    }
+                    let (by, key_column) = match (&r.foreign_key, &p.key) {
+                        (Some(fk), Some(root_key)) => (root_key.clone(), fk.as_str()),
+                        _ => (p.field.clone(), r.primary_key.as_str()),
+                    };
+                    let mut keys: Vec<String> = Vec::new();
+                    if let Some(n) = new {
+                        keys.extend(cell_text(n, rel, key_column));
+                    }
+                    if let Some(o) = old {
+                        keys.extend(cell_text(&o.cells, rel, key_column));
+                    }
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    let f = match out.iter_mut().position(|f| f.slot == slot && f.by == by) {
+                        Some(i) => &mut out[i],
+                        None => {
+                            let own = frames.iter().filter(|s| **s == slot).count();
+                            let earlier = out.iter().filter(|f| f.slot == slot).count();
+                            out.push(Follow {
+                                slot,
+                                def: def.clone(),
+                                gateways: gateways(slot),
+                                by,
+                                keys: Vec::new(),
+                                skip: Default::default(),
+                                idx: (own + earlier).min(u16::MAX as usize) as u16,
+                            });
+                            out.last_mut().expect("pushed")
+                        }
+                    };
+                    f.keys.extend(keys);
+                }
+            }
+        }
+        // Items the chunk changed themselves already have their own event.
+        for f in &mut out {
+            f.keys.sort();
+            f.keys.dedup();
+            for change in &chunk.changes {
+                let (rel_id, cells) = match change {
+                    Change::Insert { rel, new } | Change::Update { rel, new, .. } => (*rel, new),
+                    _ => continue,
+                };
+                if let Some(rel) = chunk.relation(rel_id).filter(|r| r.schema == self.schema && r.table == f.def.collection)
+                    && let Some(k) = cell_text(cells, rel, &f.def.primary_key)
+                {
+                    f.skip.insert(k);
+                }
+            }
+        }
+        out.retain(|f| !f.gateways.is_empty());
+        out
+    }
+
+    /// The statements reading the items held follows show in (asked once, before the related
+    /// items).
+    pub fn follow_reads(&mut self) -> Vec<FollowRead> {
+        let Some(held) = &mut self.held else {
+            return Vec::new();
+        };
+        let reads = held
+            .follows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.keys.is_empty())
+            .map(|(i, f)| FollowRead {
+                follow: i,
+                sql: common::sql::follow(&f.def, &f.by, &f.keys),
+            })
+            .collect();
+        for f in &mut held.follows {
+            f.keys.clear();
+        }
+        reads
+    }
+
+    /// Rows read for a [`FollowRead`]: one `update` frame of those items (its related items marked,
+    /// read next), placed after the query's own frames of the chunk.
+    pub fn related_rows_followed(&mut self, read: &FollowRead, rows: &[Vec<Option<String>>]) {
+        let Some(held) = &mut self.held else { return };
+        let Some(f) = held.follows.get(read.follow) else { return };
+        let mut marks = common::project::Marks::new();
+        let single = f.def.item.is_some();
+        let mut data = Vec::new();
+        let mut n = 0;
+        if !single {
+            data.push(b'[');
+        }
+        for row in rows {
+            let Some(Some(key)) = row.first() else { continue };
+            if f.skip.contains(key) || (single && n > 0) {
+                continue;
+            }
+            if n > 0 {
+                data.push(b',');
+            }
+            let view = common::project::TextRow::new(&f.def.root_columns, row);
+            common::project::write_object_marked(&mut data, &f.def.fields, &view, &mut marks);
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        if !single {
+            data.push(b']');
+        }
+        let frame = Frame {
+            slot: f.slot,
+            query: self.index.get(f.slot).map_or(QueryId(0), |e| e.id),
+            pos: Position {
+                lsn: held.lsn,
+                seq: held.seq,
+                idx: f.idx,
+            },
+            kind: common::event::EventKind::Update,
+            data,
+            marks: (!marks.is_empty()).then(|| Box::new(marks)),
+        };
+        held.frames.push((frame, f.gateways.clone(), f.def.clone()));
     }
 
     /// The related items held frames still need: one statement per frame and relation, for all the
@@ -487,7 +727,15 @@ impl Coordinator {
             Scope::All,
             &mut frames,
         );
-        if frames.iter().any(|f| f.marks.is_some()) {
+        let own: Vec<Slot> = if self.index.has_followers() {
+            frames.iter().map(|f| f.slot).collect()
+        } else {
+            Vec::new()
+        };
+        let follows = self.plan_follows(chunk, &own, &|_| true, &|slot| {
+            self.index.get(slot).map_or_else(Vec::new, |e| e.gateways.clone())
+        });
+        if !follows.is_empty() || frames.iter().any(|f| f.marks.is_some()) {
             let routed: Vec<(Frame, Vec<Arc<str>>)> = frames
                 .drain(..)
                 .map(|f| {
@@ -495,7 +743,7 @@ impl Coordinator {
                     (f, gws)
                 })
                 .collect();
-            self.route(chunk, routed);
+            self.route(chunk, routed, follows);
         } else {
             // The common case: no related items, straight out without copying the routes.
             for f in &frames {
@@ -651,24 +899,33 @@ impl Coordinator {
             Scope::Where(&wanted),
             &mut frames,
         );
-        let mut routed: Vec<(Frame, Vec<Arc<str>>)> = Vec::with_capacity(frames.len());
-        for f in frames.drain(..) {
-            let Some(entry) = self.index.get(f.slot) else {
-                continue;
+        // Where a query's frames of this entry go in this pass.
+        let route_of = |me: &Coordinator, slot: Slot| -> Vec<Arc<str>> {
+            let Some(entry) = me.index.get(slot) else {
+                return Vec::new();
             };
-            let gws: Vec<Arc<str>> = if shards.contains(&entry.shard) {
+            if shards.contains(&entry.shard) {
                 entry.gateways.iter().cloned().collect()
-            } else if let Some(rs) = pass.query_ranges.get(&f.slot) {
+            } else if let Some(rs) = pass.query_ranges.get(&slot) {
                 rs.iter()
                     .filter(|(f, t, _)| within(at, (*f, *t)))
                     .map(|(_, _, gw)| gw.clone())
                     .collect()
             } else {
                 Vec::new()
-            };
+            }
+        };
+        let mut routed: Vec<(Frame, Vec<Arc<str>>)> = Vec::with_capacity(frames.len());
+        for f in frames.drain(..) {
+            if self.index.get(f.slot).is_none() {
+                continue;
+            }
+            let gws = route_of(self, f.slot);
             routed.push((f, gws));
         }
-        self.route(chunk, routed);
+        let own: Vec<Slot> = routed.iter().map(|(f, _)| f.slot).collect();
+        let follows = self.plan_follows(chunk, &own, &wanted, &|slot| route_of(self, slot));
+        self.route(chunk, routed, follows);
         self.frames = frames;
     }
 

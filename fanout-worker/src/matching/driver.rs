@@ -504,27 +504,25 @@ impl Loop<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut statements = 0u64;
+        // First the items whose related rows changed (they become frames), then every related item.
+        let follows = self.core.follow_reads();
+        if !follows.is_empty() {
+            statements += follows.len() as u64;
+            let sqls: Vec<common::sql::Sql> = follows.iter().map(|f| f.sql.clone()).collect();
+            let results = self.run_with_retries(&sqls).await?;
+            for (read, rows) in follows.iter().zip(&results) {
+                self.core.related_rows_followed(read, rows);
+            }
+        }
         loop {
             let reads = self.core.related_reads();
             if reads.is_empty() {
                 break;
             }
             statements += reads.len() as u64;
-            let mut attempt = 0;
-            let results = loop {
-                match self.run_reads(&reads).await {
-                    Ok(rows) => break rows,
-                    Err(e) if attempt < 5 => {
-                        attempt += 1;
-                        self.db = None;
-                        tracing::warn!(error = format!("{e:#}"), attempt, "reading related items failed; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                    Err(e) => return Err(e.context("reading related items")),
-                }
-            };
+            let sqls: Vec<common::sql::Sql> = reads.iter().map(|r| r.sql.clone()).collect();
+            let results = self.run_with_retries(&sqls).await?;
             for (read, rows) in reads.iter().zip(&results) {
                 self.core.related_rows(read, rows);
             }
@@ -535,9 +533,30 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// [`Loop::run_reads`], tried again (five times, with backoff) on a failure.
+    async fn run_with_retries(
+        &mut self,
+        sqls: &[common::sql::Sql],
+    ) -> anyhow::Result<Vec<Vec<Vec<Option<String>>>>> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut attempt = 0;
+        loop {
+            match self.run_reads(sqls).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    self.db = None;
+                    tracing::warn!(error = format!("{e:#}"), attempt, "reading related items failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e.context("reading related items")),
+            }
+        }
+    }
+
     async fn run_reads(
         &mut self,
-        reads: &[super::coordinator::RelatedRead],
+        reads: &[common::sql::Sql],
     ) -> anyhow::Result<Vec<Vec<Vec<Option<String>>>>> {
         if self.db.as_ref().is_none_or(|c| c.is_closed()) {
             self.db = Some(crate::capture::connect_pg(self.cfg).await?);
@@ -546,12 +565,11 @@ impl Loop<'_> {
         // Pipelined on the one connection.
         let queries = reads.iter().map(|r| {
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = r
-                .sql
                 .params
                 .iter()
                 .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
-            async move { db.query(&r.sql.text, &params).await }
+            async move { db.query(&r.text, &params).await }
         });
         let results = tokio::time::timeout(RELATED_TIMEOUT, futures_util::future::try_join_all(queries))
             .await

@@ -93,6 +93,22 @@ pub struct Index {
     /// Gateway name → registrations naming it. Interns the names (a million registrations share a
     /// few `Arc<str>`s) and lists the gateways without walking every query.
     gateway_refs: HashMap<Arc<str>, usize>,
+    /// Collection → relational queries showing items of it one level down (`author.email` on
+    /// `directus_users`, `comments.body` on `comments`): a change there may change their items.
+    followers: HashMap<String, Vec<Slot>>,
+}
+
+/// The collections a relational query's own fields show items of.
+fn followed(def: &NormalizedQuery) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in &def.fields {
+        if let Some(r) = p.relation.and_then(|r| def.relations.get(r as usize))
+            && !out.contains(&r.collection)
+        {
+            out.push(r.collection.clone());
+        }
+    }
+    out
 }
 
 /// The conjuncts a query could be filed under: equality with one indexable value, or `IN` with up to 64.
@@ -139,6 +155,16 @@ impl Index {
 
     pub fn slot_of(&self, id: &QueryId) -> Option<Slot> {
         self.by_id.get(id).copied()
+    }
+
+    /// Whether any relational query follows another collection's rows.
+    pub fn has_followers(&self) -> bool {
+        !self.followers.is_empty()
+    }
+
+    /// The relational queries showing items of `collection` one level down.
+    pub fn followers(&self, collection: &str) -> &[Slot] {
+        self.followers.get(collection).map_or(&[], Vec::as_slice)
     }
 
     pub fn get(&self, slot: Slot) -> Option<&QueryEntry> {
@@ -234,6 +260,9 @@ impl Index {
             }
             None => coll.residual.push(slot),
         }
+        for c in followed(&def) {
+            self.followers.entry(c).or_default().push(slot);
+        }
         self.slots[slot as usize] = Some(QueryEntry {
             id,
             shard,
@@ -272,6 +301,14 @@ impl Index {
         let entry = self.slots[slot as usize].take().expect("live slot");
         for g in &entry.gateways {
             self.release_gateway(g);
+        }
+        for c in followed(&entry.def) {
+            if let Some(v) = self.followers.get_mut(&c) {
+                v.retain(|s| *s != slot);
+                if v.is_empty() {
+                    self.followers.remove(&c);
+                }
+            }
         }
         if let Some(coll) = self.collections.get_mut(&entry.def.collection) {
             match &entry.filed {
