@@ -14,6 +14,7 @@ pub mod harness;
 pub mod html;
 pub mod livehist;
 pub mod report;
+pub mod follow_bench;
 pub mod rights_bench;
 pub mod sampler;
 pub mod scenario;

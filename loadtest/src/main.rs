@@ -30,6 +30,8 @@ enum Command {
     CaptureBench(loadtest::capture_bench::CaptureBenchArgs),
     /// Benchmark rights changes: permission edit commit → the touched subscriptions follow it.
     RightsBench(loadtest::rights_bench::RightsBenchArgs),
+    /// Benchmark following related rows: one author's update → the update of every post showing it.
+    FollowBench(loadtest::follow_bench::FollowBenchArgs),
     /// Run a load-test scenario against a cluster (or Directus) over the public protocol; writes
     /// report.json and report.html. Exits non-zero when the run fails its correctness checks.
     Run(Box<loadtest::scenario::RunArgs>),
@@ -73,6 +75,15 @@ async fn main() -> Result<()> {
         Command::RightsBench(args) => {
             let json_path = args.json.clone();
             let report = loadtest::rights_bench::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(p) = json_path {
+                std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        }
+        Command::FollowBench(args) => {
+            let json_path = args.json.clone();
+            let report = loadtest::follow_bench::run(args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if let Some(p) = json_path {
                 std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
