@@ -505,3 +505,109 @@ fn a_rights_change_reaches_every_gateway_ahead_of_later_events_and_in_replays() 
     c.match_live(id(103), Some(&insert(103, 5, 9)));
     assert!(sent(&mut c).is_empty());
 }
+
+/// `posts.author` → `authors`, subscribed with `author.email`.
+fn relational_query() -> NormalizedQuery {
+    let c = Column::new;
+    let mut posts = Collection::new(
+        "posts",
+        "public",
+        "id",
+        vec![c("id", Kind::Int4), c("author", Kind::Int4)],
+    );
+    posts.m2o.insert("author".into(), "authors".into());
+    let authors = Collection::new(
+        "authors",
+        "public",
+        "id",
+        vec![c("id", Kind::Int4), c("email", Kind::Text), c("seen", Kind::Text)],
+    );
+    let related: HashMap<String, (Collection, Access)> =
+        [("authors".to_owned(), (authors, Access::Admin))].into_iter().collect();
+    let q = json!({"fields":["id","author.email"]});
+    let params = parse_query(q.as_object(), &QueryConfig::default()).unwrap();
+    common::normalize::normalize_with(
+        &posts,
+        None,
+        None,
+        &params,
+        &Access::Admin,
+        &VarContext::default(),
+        NormalizeLimits::default(),
+        &related,
+    )
+    .unwrap()
+    .query
+}
+
+fn author_update(lsn: u64, old_email: &str, email: &str, old_seen: &str, seen: &str) -> TxChunk {
+    let col = |name: &str, key: bool| RelColumn {
+        name: name.into(),
+        kind: if name == "id" { Kind::Int4 } else { Kind::Text },
+        key,
+    };
+    let t = |s: &str| Cell::Text(s.into());
+    TxChunk {
+        lsn,
+        end_lsn: lsn + 1,
+        xid: lsn as u32,
+        commit_time: 0,
+        seq: 0,
+        last: true,
+        relations: vec![Relation {
+            id: 7,
+            schema: "public".into(),
+            table: "authors".into(),
+            identity: 'f',
+            columns: vec![col("id", true), col("email", false), col("seen", false)],
+        }],
+        changes: vec![Change::Update {
+            rel: 7,
+            old: Some(common::change::OldRow {
+                key_only: false,
+                cells: vec![t("3"), t(old_email), t(old_seen)],
+            }),
+            new: vec![t("3"), t(email), t(seen)],
+        }],
+    }
+}
+
+#[test]
+fn a_change_to_a_shown_related_row_reads_its_items_again_and_sends_them_as_an_update() {
+    let q = relational_query();
+    let mut c = owning_all(100);
+    assert_eq!(c.apply_ctl(id(11), Ok(register(&q, "gw", ctl::Replay::Live))), CtlOutcome::Applied);
+
+    // A column the query does not show: nothing to read, nothing held.
+    c.match_live(id(101), Some(&author_update(101, "a@x", "a@x", "mon", "tue")));
+    assert!(!c.holding());
+    assert!(sent(&mut c).is_empty());
+
+    // The email: the posts of author 3 are read again, then the author, then one update goes out.
+    c.match_live(id(102), Some(&author_update(102, "a@x", "b@x", "tue", "tue")));
+    assert!(c.holding());
+    let reads = c.follow_reads();
+    assert_eq!(reads.len(), 1);
+    assert!(reads[0].sql.text.contains("FROM \"public\".\"posts\" t WHERE t.\"author\" = ANY("), "{}", reads[0].sql.text);
+    assert_eq!(reads[0].sql.params[0].as_deref(), Some("{\"3\"}"));
+    assert!(c.follow_reads().is_empty(), "asked once");
+    let rows = |ids: &[&str]| -> Vec<Vec<Option<String>>> {
+        ids.iter().map(|i| vec![Some(i.to_string()), Some("3".into())]).collect()
+    };
+    c.related_rows_followed(&reads[0], &rows(&["10", "11"]));
+    let related = c.related_reads();
+    assert_eq!(related.len(), 1, "one statement for every author the frame shows");
+    c.related_rows(&related[0], &[vec![Some("3".into()), Some("b@x".into())]]);
+    assert!(c.related_reads().is_empty());
+    c.release_held();
+    assert!(!c.holding());
+    let out = sent(&mut c);
+    assert_eq!(
+        out["gw"],
+        vec![(
+            EntryKind::Event(EventKind::Update),
+            102,
+            r#"[{"id":10,"author":{"email":"b@x"}},{"id":11,"author":{"email":"b@x"}}]"#.to_owned()
+        )]
+    );
+}
