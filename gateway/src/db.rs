@@ -431,6 +431,20 @@ impl SchemaCache {
         self.current.read().clone()
     }
 
+    /// [`SchemaCache::refresh`], unless the schema was loaded less than `min_age` ago: for misses a
+    /// client can repeat at will (a field that does not exist), so they cannot keep the catalog busy.
+    pub async fn refresh_if_older(
+        &self,
+        pool: &Pool,
+        schema: &str,
+        min_age: Duration,
+    ) -> anyhow::Result<Arc<Schema>> {
+        if self.loaded_at.lock().elapsed() < min_age {
+            return Ok(self.get());
+        }
+        self.refresh(pool, schema).await
+    }
+
     pub async fn refresh(&self, pool: &Pool, schema: &str) -> anyhow::Result<Arc<Schema>> {
         let asked = Instant::now();
         let _guard = self.reload.lock().await;

@@ -89,6 +89,9 @@ fn unavailable() -> RealtimeError {
 
 use common_io::clock::unix_micros as now_micros;
 
+/// How old the schema must be before a subscription naming an unknown field reloads it.
+const SCHEMA_MISS_RELOAD: Duration = Duration::from_secs(1);
+
 /// Look the collection up, reloading the schema once if it is unknown (a table created since).
 async fn find_collection(
     state: &AppState,
@@ -136,7 +139,7 @@ async fn related_access(
     if unknown_root(&schema) {
         schema = state
             .schema
-            .refresh(&state.pool, &state.config.db_schema)
+            .refresh_if_older(&state.pool, &state.config.db_schema, SCHEMA_MISS_RELOAD)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "schema reload failed");
@@ -187,7 +190,26 @@ async fn prepare(
         ));
     }
     // An admin's subscription to a missing collection fails in Directus's service, after the query.
-    let coll = coll.ok_or_else(forbidden_collection)?;
+    let mut coll = coll.ok_or_else(forbidden_collection)?;
+    // A field this collection does not have may be a column added since the schema was read.
+    let missing = |c: &Collection| {
+        params.fields.iter().any(|f| {
+            !f.contains('.') && f != "*" && c.column(f).is_none() && c.o2m_target(f).is_none()
+        })
+    };
+    if missing(&coll) {
+        let fresh = state
+            .schema
+            .refresh_if_older(&state.pool, &state.config.db_schema, SCHEMA_MISS_RELOAD)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "schema reload failed");
+                unavailable()
+            })?;
+        if let Some(c) = fresh.get(collection) {
+            coll = c.clone();
+        }
+    }
     let access = state
         .auth
         .read_access(acct, collection)
