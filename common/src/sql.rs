@@ -145,7 +145,9 @@ pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
 }
 
 /// The rows of relational query `q` whose column `by` holds one of `keys` and that pass its filter:
-/// the items a related row's change shows in. Result columns are `q.root_columns`, in order.
+/// the items a related row's change shows in. Result columns are `q.root_columns`, in order, then the
+/// row version's `xmin` (which transaction wrote it: the caller leaves out versions written after the
+/// change it follows).
 pub fn follow(q: &NormalizedQuery, by: &str, keys: &[String]) -> Sql {
     let mut params = vec![Some(array_literal(keys))];
     let mut text = String::from("SELECT ");
@@ -175,7 +177,7 @@ pub fn follow(q: &NormalizedQuery, by: &str, keys: &[String]) -> Sql {
     };
     let _ = write!(
         text,
-        " FROM {}.{} t WHERE {matches} AND {} ORDER BY t.{}",
+        ", t.xmin::text FROM {}.{} t WHERE {matches} AND {} ORDER BY t.{}",
         ident(&q.schema),
         ident(&q.collection),
         filter(&q.filter, &mut params),

@@ -247,6 +247,20 @@ pub struct Coordinator {
     frames: Vec<Frame>,
     /// Frames of relational queries (and everything matched with them) waiting for related items.
     held: Option<Held>,
+    /// Transactions recently read from the stream, with their commit LSN, oldest first: which row
+    /// versions a follow read may show (those written at or before the change it follows).
+    xids: HashMap<u32, u64>,
+    xid_order: VecDeque<u32>,
+}
+
+/// How many recent transactions [`Coordinator::xids`] remembers. A row version whose writer is older
+/// than all of them is shown; one whose writer is newer but unseen committed after the followed
+/// change (or not at all) and is left out, its own event showing it.
+const RECENT_XIDS: usize = 100_000;
+
+/// `a` precedes `b` in PostgreSQL's circular transaction id order.
+fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 impl Coordinator {
@@ -264,6 +278,34 @@ impl Coordinator {
             out: Outgoing::default(),
             frames: Vec::new(),
             held: None,
+            xids: HashMap::new(),
+            xid_order: VecDeque::new(),
+        }
+    }
+
+    fn remember_xid(&mut self, xid: u32, lsn: u64) {
+        if self.xids.insert(xid, lsn).is_none() {
+            self.xid_order.push_back(xid);
+            while self.xid_order.len() > RECENT_XIDS {
+                if let Some(old) = self.xid_order.pop_front() {
+                    self.xids.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether a row version written by `xmin` existed when the change at `lsn` committed.
+    fn written_by(&self, xmin: u32, lsn: u64) -> bool {
+        // Frozen (and bootstrap) versions are old.
+        if xmin < 3 {
+            return true;
+        }
+        match self.xids.get(&xmin) {
+            Some(&at) => at <= lsn,
+            None => self
+                .xid_order
+                .front()
+                .is_none_or(|&oldest| xid_precedes(xmin, oldest)),
         }
     }
 
@@ -438,6 +480,19 @@ impl Coordinator {
     /// Rows read for a [`FollowRead`]: one `update` frame of those items (its related items marked,
     /// read next), placed after the query's own frames of the chunk.
     pub fn related_rows_followed(&mut self, read: &FollowRead, rows: &[Vec<Option<String>>]) {
+        let Some(held) = &self.held else { return };
+        let Some(f) = held.follows.get(read.follow) else { return };
+        let width = f.def.root_columns.len();
+        // Versions written after the followed change are left out: their own events come later.
+        let rows: Vec<&Vec<Option<String>>> = rows
+            .iter()
+            .filter(|r| {
+                r.get(width)
+                    .and_then(|x| x.as_deref())
+                    .and_then(|x| x.parse::<u32>().ok())
+                    .is_none_or(|xmin| self.written_by(xmin, held.lsn))
+            })
+            .collect();
         let Some(held) = &mut self.held else { return };
         let Some(f) = held.follows.get(read.follow) else { return };
         let mut marks = common::project::Marks::new();
@@ -455,7 +510,7 @@ impl Coordinator {
             if n > 0 {
                 data.push(b',');
             }
-            let view = common::project::TextRow::new(&f.def.root_columns, row);
+            let view = common::project::TextRow::new(&f.def.root_columns, &row[..width.min(row.len())]);
             common::project::write_object_marked(&mut data, &f.def.fields, &view, &mut marks);
             n += 1;
         }
@@ -687,6 +742,7 @@ impl Coordinator {
         let Some(chunk) = chunk else {
             return 0;
         };
+        self.remember_xid(chunk.xid, chunk.lsn);
         // Said once, when the change is first read (a replay of it does not repeat it).
         for b in common::rights::broken_permissions(chunk, &self.schema) {
             tracing::warn!(

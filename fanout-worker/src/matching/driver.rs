@@ -96,6 +96,9 @@ struct Loop<'a> {
     scripts: Scripts,
     /// For the related items of relational queries; connected on first use.
     db: Option<tokio_postgres::Client>,
+    /// When the leases are renewed next. Also checked between the entries of a batch: a batch whose
+    /// related reads take long must not outlast the shard leases.
+    next_tick: Instant,
 }
 
 struct Scripts {
@@ -159,6 +162,7 @@ async fn session(
         last_checkpoint: Instant::now(),
         epoch,
         db: None,
+        next_tick: Instant::now(),
         scripts: Scripts {
             load: Lua::new(common_io::scripts::LOAD_SHARD),
             checkpoint: Lua::new(common_io::scripts::CHECKPOINT),
@@ -168,17 +172,13 @@ async fn session(
     };
     tracing::info!(cursor = %l.core.cursor(), "matching started");
     stats.running.store(true, Ordering::Relaxed);
-    let mut next_tick = Instant::now();
     let mut next_cleanup = Instant::now() + Duration::from_secs(5);
     loop {
         if *stop.borrow() {
             l.leave().await;
             return Ok(());
         }
-        if Instant::now() >= next_tick {
-            l.tick().await?;
-            next_tick = Instant::now() + Duration::from_secs(1);
-        }
+        l.tick_if_due().await?;
         if Instant::now() >= next_cleanup {
             l.drop_dead_gateways().await?;
             next_cleanup = Instant::now() + Duration::from_secs(5);
@@ -250,6 +250,16 @@ fn text(v: &redis::Value) -> Option<String> {
 }
 
 impl Loop<'_> {
+    /// Renew leases (and follow shard moves) if a second has passed; whether it did.
+    async fn tick_if_due(&mut self) -> anyhow::Result<bool> {
+        if Instant::now() < self.next_tick {
+            return Ok(false);
+        }
+        self.tick().await?;
+        self.next_tick = Instant::now() + Duration::from_secs(1);
+        Ok(true)
+    }
+
     async fn tick(&mut self) -> anyhow::Result<()> {
         let e: Option<String> = redis::cmd("GET")
             .arg(self.keys.epoch())
@@ -480,6 +490,12 @@ impl Loop<'_> {
             self.read_related().await?;
             if self.core.over_budget() {
                 self.flush().await?;
+            }
+            // Everything up to this entry is queued (nothing is held): a due tick may flush,
+            // checkpoint at the cursor and move shards here. A shard acquired now is caught up to
+            // the cursor before the next entry is matched, as between batches.
+            if self.tick_if_due().await? {
+                self.run_replays().await?;
             }
         }
         if processed > 0 {
