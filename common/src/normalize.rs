@@ -869,7 +869,7 @@ fn pk_eq(field: &str, kind: &Kind, d: Datum) -> Filter {
         kind: kind.clone(),
         op: filter::Op::Eq,
         args: vec![d],
-        now: Vec::new(),
+        now: None,
     })
 }
 
@@ -916,7 +916,7 @@ fn search(coll: &Collection, term: &str, allowed: &impl Fn(&str) -> bool) -> Fil
                 kind: c.kind.clone(),
                 op,
                 args,
-                now: Vec::new(),
+                now: None,
             })
         };
         match &c.kind {

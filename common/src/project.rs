@@ -329,7 +329,7 @@ mod tests {
             kind: Kind::Text,
             op: crate::filter::Op::Eq,
             args: vec![Datum::Text(v.into())],
-            now: Vec::new(),
+            now: None,
         })
     }
 

@@ -76,38 +76,13 @@ pub fn snapshot(coll: &Collection, q: &NormalizedQuery, spec: &SnapshotSpec) -> 
 /// of keys. Result columns are `rel.columns`, in order (the key first), for [`crate::project::Marks::found`].
 pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
     let mut params = vec![Some(array_literal(keys))];
-    let select = |text: &mut String| {
-        for (i, (name, kind)) in rel.columns.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            match kind {
-                Kind::Bpchar => {
-                    let _ = write!(text, "t.{}", ident(name));
-                }
-                _ => {
-                    let _ = write!(text, "t.{}::text", ident(name));
-                }
-            }
-        }
-    };
     // Many-to-one items are read by their key, one-to-many items by the column pointing at the parent.
     let by = rel.foreign_key.as_deref().unwrap_or(&rel.primary_key);
-    let by_kind = rel
-        .columns
-        .iter()
-        .find(|(c, _)| c == by)
-        .map(|(_, k)| k.clone())
-        .unwrap_or(Kind::Text);
-    let matches = if compares_as_text(&by_kind) || by_kind == Kind::Bpchar {
-        format!("t.{}::text = ANY($1::text::text[])", ident(by))
-    } else {
-        format!("t.{} = ANY($1::text::{}[])", ident(by), by_kind.sql_cast())
-    };
+    let matches = any_of(&rel.columns, by);
     let table = format!("{}.{}", ident(&rel.schema), ident(&rel.collection));
     let filter = filter(&rel.filter, &mut params);
     let mut text = String::from("SELECT ");
-    select(&mut text);
+    select_text(&rel.columns, &mut text);
     match (&rel.foreign_key, rel.limit) {
         (Some(fk), limit) => {
             // Each parent's items in order, at most `limit` of them.
@@ -151,7 +126,22 @@ pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
 pub fn follow(q: &NormalizedQuery, by: &str, keys: &[String]) -> Sql {
     let mut params = vec![Some(array_literal(keys))];
     let mut text = String::from("SELECT ");
-    for (i, (name, kind)) in q.root_columns.iter().enumerate() {
+    select_text(&q.root_columns, &mut text);
+    let matches = any_of(&q.root_columns, by);
+    let _ = write!(
+        text,
+        ", t.xmin::text FROM {}.{} t WHERE {matches} AND {} ORDER BY t.{}",
+        ident(&q.schema),
+        ident(&q.collection),
+        filter(&q.filter, &mut params),
+        ident(&q.primary_key)
+    );
+    Sql { text, params }
+}
+
+/// `t.<a>::text, t.<b>::text, ...` for `columns` (`char(n)` as is, like [`select_expr`]).
+fn select_text(columns: &[(String, Kind)], text: &mut String) {
+    for (i, (name, kind)) in columns.iter().enumerate() {
         if i > 0 {
             text.push_str(", ");
         }
@@ -164,26 +154,21 @@ pub fn follow(q: &NormalizedQuery, by: &str, keys: &[String]) -> Sql {
             }
         }
     }
-    let by_kind = q
-        .root_columns
+}
+
+/// `t.<by> = ANY($1)` with `$1` the text array literal of keys, cast to `by`'s type so an index on it
+/// serves (compared as text for the kinds that are).
+fn any_of(columns: &[(String, Kind)], by: &str) -> String {
+    let kind = columns
         .iter()
         .find(|(c, _)| c == by)
         .map(|(_, k)| k.clone())
         .unwrap_or(Kind::Text);
-    let matches = if compares_as_text(&by_kind) || by_kind == Kind::Bpchar {
+    if compares_as_text(&kind) || kind == Kind::Bpchar {
         format!("t.{}::text = ANY($1::text::text[])", ident(by))
     } else {
-        format!("t.{} = ANY($1::text::{}[])", ident(by), by_kind.sql_cast())
-    };
-    let _ = write!(
-        text,
-        ", t.xmin::text FROM {}.{} t WHERE {matches} AND {} ORDER BY t.{}",
-        ident(&q.schema),
-        ident(&q.collection),
-        filter(&q.filter, &mut params),
-        ident(&q.primary_key)
-    );
-    Sql { text, params }
+        format!("t.{} = ANY($1::text::{}[])", ident(by), kind.sql_cast())
+    }
 }
 
 /// A PostgreSQL array literal of text elements: `{"a","b\"c"}`.

@@ -79,7 +79,7 @@ fn with_room(t: &NormalizedQuery, room: i64, salt: u32) -> NormalizedQuery {
             kind: Kind::Int4,
             op: common::filter::Op::Neq,
             args: vec![Datum::Int(-(salt as i64))],
-            now: Vec::new(),
+            now: None,
         });
         q.filter = Filter::And(vec![q.filter, extra]);
     }

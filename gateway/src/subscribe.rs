@@ -92,6 +92,18 @@ use common_io::clock::unix_micros as now_micros;
 /// How old the schema must be before a subscription naming an unknown field reloads it.
 const SCHEMA_MISS_RELOAD: Duration = Duration::from_secs(1);
 
+/// Reload the schema for a field or relation it lacks (at most once per [`SCHEMA_MISS_RELOAD`]).
+async fn reload_after_miss(state: &AppState) -> Result<Arc<common::schema::Schema>, RealtimeError> {
+    state
+        .schema
+        .refresh_if_older(&state.pool, &state.config.db_schema, SCHEMA_MISS_RELOAD)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "schema reload failed");
+            unavailable()
+        })
+}
+
 /// Look the collection up, reloading the schema once if it is unknown (a table created since).
 async fn find_collection(
     state: &AppState,
@@ -137,14 +149,7 @@ async fn related_access(
         })
     };
     if unknown_root(&schema) {
-        schema = state
-            .schema
-            .refresh_if_older(&state.pool, &state.config.db_schema, SCHEMA_MISS_RELOAD)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "schema reload failed");
-                unavailable()
-            })?;
+        schema = reload_after_miss(state).await?;
     }
     let root = schema.get(&coll.name).cloned().unwrap_or_else(|| coll.clone());
     let names = common::normalize::related_collections(&root, fields, &|n| schema.get(n).cloned());
@@ -198,14 +203,7 @@ async fn prepare(
         })
     };
     if missing(&coll) {
-        let fresh = state
-            .schema
-            .refresh_if_older(&state.pool, &state.config.db_schema, SCHEMA_MISS_RELOAD)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "schema reload failed");
-                unavailable()
-            })?;
+        let fresh = reload_after_miss(state).await?;
         if let Some(c) = fresh.get(collection) {
             coll = c.clone();
         }

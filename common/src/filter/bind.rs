@@ -198,7 +198,7 @@ fn bind_cond(
             kind: kind.clone(),
             op,
             args,
-            now: now.clone(),
+            now: (!now.is_empty()).then(|| Box::new(now.clone())),
         })
     };
     let one = || match value {

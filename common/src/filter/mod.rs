@@ -133,19 +133,20 @@ pub struct Cond {
     pub args: Vec<Datum>,
     /// Arguments that are `$NOW(...)` against a time column, by index: computed at evaluation time
     /// ([`vars::with_now`]); their entry in `args` is a placeholder.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub now: Vec<(u8, NowAdj)>,
+    /// Boxed: almost every condition has none, and conditions are what matching walks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<Box<Vec<(u8, NowAdj)>>>,
 }
 
 impl Cond {
     /// This condition with its `$NOW` arguments computed for "now" ([`vars::eval_now`]).
     pub fn resolved(&self) -> std::borrow::Cow<'_, Cond> {
-        if self.now.is_empty() {
+        let Some(adjs) = &self.now else {
             return std::borrow::Cow::Borrowed(self);
-        }
+        };
         let now = vars::eval_now();
         let mut c = self.clone();
-        for (i, adj) in &self.now {
+        for (i, adj) in adjs.iter() {
             if let Some(a) = c.args.get_mut(*i as usize) {
                 *a = adj.at(now).map_or(Datum::Null, Datum::TimestampTz);
             }

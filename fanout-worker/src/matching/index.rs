@@ -128,7 +128,7 @@ fn filing_options(q: &NormalizedQuery) -> Vec<(String, Vec<IndexKey>)> {
         .into_iter()
         .filter_map(|c| {
             // A `$NOW` argument moves with the clock: not a bucket key.
-            let ok = c.now.is_empty()
+            let ok = c.now.is_none()
                 && match c.op {
                 Op::Eq => c.args.len() == 1,
                 Op::In => !c.args.is_empty() && c.args.len() <= 64,

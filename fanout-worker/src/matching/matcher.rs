@@ -171,21 +171,22 @@ fn push_event(
         } else {
             vec![b'[']
         };
-        let marks = q.is_relational().then(Marks::new);
+        // Boxed: only relational queries have any, and every frame of a chunk moves through here.
+        let marks = q.is_relational().then(|| Box::new(Marks::new()));
         frames.push((kind, open, 0, marks));
     }
     let (_, buf, count, marks) = frames.last_mut().expect("pushed");
     if *count > 0 {
         buf.push(b',');
     }
-    write(buf, marks.as_mut());
+    write(buf, marks.as_deref_mut());
     *count += 1;
 }
 
 /// Frames under construction for one query: kind, data, events in it, related-item placeholders.
 struct Pending {
     slot: Slot,
-    frames: Vec<(EventKind, Vec<u8>, usize, Option<Marks>)>,
+    frames: Vec<(EventKind, Vec<u8>, usize, Option<Box<Marks>>)>,
 }
 
 /// A finished event for one query: its kind and its protocol-neutral `data` (`crate::event` in common).
@@ -365,7 +366,7 @@ fn match_chunk_at(
                 },
                 kind,
                 data,
-                marks: marks.filter(|m| !m.is_empty()).map(Box::new),
+                marks: marks.filter(|m| !m.is_empty()),
             });
         }
     }
