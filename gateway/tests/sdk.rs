@@ -150,3 +150,62 @@ async fn the_sdk_gets_the_related_author_in_init_and_events() {
         json!([{"id": id, "title": "by the author", "author": {"email": "author@example.com"}}])
     );
 }
+
+/// The guide's notifications feed with the real SDK: an app user subscribes to
+/// `directus_notifications` with `sender.first_name` and gets its own notifications only, the sender
+/// shown where it may read that user (here: itself).
+#[tokio::test]
+async fn the_sdk_gets_its_own_notifications_with_the_sender() {
+    use tokio::io::AsyncBufReadExt;
+    let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sql = c.sql().await.unwrap();
+    let me = create_user(&c, "notified@example.com", "pw", false).await;
+    let other = create_user(&c, "someone@example.com", "pw", false).await;
+    sql.execute(
+        "UPDATE directus_users SET token = 'sdk-notified', first_name = 'Nia' WHERE id = $1::text::uuid",
+        &[&me],
+    )
+    .await
+    .unwrap();
+    let dir = testkit::services::node_client_dir().unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg("sdk-query.mjs")
+        .arg(format!("http://{}", c.gateway_addr(0)))
+        .arg("sdk-notified")
+        .arg("directus_notifications")
+        .arg(r#"{"fields":["id","subject","sender.first_name"]}"#)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the SDK printed nothing in time")
+            .unwrap()
+            .expect("the SDK script ended");
+        serde_json::from_str(&line).unwrap()
+    };
+    let init = next().await;
+    assert_eq!(init["event"], "init", "{init}");
+    assert_eq!(init["data"], json!([]));
+    for (to, subject) in [(&other, "not yours"), (&me, "yours")] {
+        sql.execute(
+            "INSERT INTO directus_notifications (recipient, sender, subject) VALUES ($1::text::uuid, $2::text::uuid, $3)",
+            &[to, &me, &subject],
+        )
+        .await
+        .unwrap();
+    }
+    let m = next().await;
+    assert_eq!(m["event"], "create", "{m}");
+    assert_eq!(m["data"][0]["subject"], "yours", "{m}");
+    assert_eq!(m["data"][0]["sender"], json!({"first_name": "Nia"}), "{m}");
+}
