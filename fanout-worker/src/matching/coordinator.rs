@@ -146,9 +146,11 @@ struct Follow {
     keys: Vec<String>,
     /// Items the chunk changed themselves (their own event already shows them).
     skip: std::collections::HashSet<String>,
-    /// Position index of the first frame this adds (after the query's own frames of the chunk).
-    idx: u16,
 }
+
+/// Items per `update` frame of a follow: an author of a million posts sends many frames, not one
+/// message of hundreds of megabytes.
+const FOLLOW_FRAME_ITEMS: usize = 1000;
 
 /// One statement reading the items of a [`Follow`]; its rows go back through
 /// [`Coordinator::related_rows_followed`].
@@ -345,7 +347,6 @@ impl Coordinator {
     fn plan_follows(
         &self,
         chunk: &TxChunk,
-        frames: &[Slot],
         wanted: &dyn Fn(Slot) -> bool,
         gateways: &dyn Fn(Slot) -> Vec<Arc<str>>,
     ) -> Vec<Follow> {
@@ -417,8 +418,6 @@ impl Coordinator {
                     let f = match out.iter_mut().position(|f| f.slot == slot && f.by == by) {
                         Some(i) => &mut out[i],
                         None => {
-                            let own = frames.iter().filter(|s| **s == slot).count();
-                            let earlier = out.iter().filter(|f| f.slot == slot).count();
                             out.push(Follow {
                                 slot,
                                 def: def.clone(),
@@ -426,7 +425,6 @@ impl Coordinator {
                                 by,
                                 keys: Vec::new(),
                                 skip: Default::default(),
-                                idx: (own + earlier).min(u16::MAX as usize) as u16,
                             });
                             out.last_mut().expect("pushed")
                         }
@@ -492,47 +490,46 @@ impl Coordinator {
                     .and_then(|x| x.parse::<u32>().ok())
                     .is_none_or(|xmin| self.written_by(xmin, held.lsn))
             })
+            .filter(|r| r.first().and_then(|k| k.as_deref()).is_some_and(|k| !f.skip.contains(k)))
             .collect();
+        let query = self.index.get(f.slot).map_or(QueryId(0), |e| e.id);
         let Some(held) = &mut self.held else { return };
         let Some(f) = held.follows.get(read.follow) else { return };
-        let mut marks = common::project::Marks::new();
         let single = f.def.item.is_some();
-        let mut data = Vec::new();
-        let mut n = 0;
-        if !single {
-            data.push(b'[');
-        }
-        for row in rows {
-            let Some(Some(key)) = row.first() else { continue };
-            if f.skip.contains(key) || (single && n > 0) {
-                continue;
+        let per_frame = if single { 1 } else { FOLLOW_FRAME_ITEMS };
+        let rows = if single { &rows[..rows.len().min(1)] } else { &rows[..] };
+        for part in rows.chunks(per_frame) {
+            let mut marks = common::project::Marks::new();
+            let mut data = Vec::new();
+            if !single {
+                data.push(b'[');
             }
-            if n > 0 {
-                data.push(b',');
+            for (n, row) in part.iter().enumerate() {
+                if n > 0 {
+                    data.push(b',');
+                }
+                let view = common::project::TextRow::new(&f.def.root_columns, &row[..width.min(row.len())]);
+                common::project::write_object_marked(&mut data, &f.def.fields, &view, &mut marks);
             }
-            let view = common::project::TextRow::new(&f.def.root_columns, &row[..width.min(row.len())]);
-            common::project::write_object_marked(&mut data, &f.def.fields, &view, &mut marks);
-            n += 1;
+            if !single {
+                data.push(b']');
+            }
+            // After every frame of this query already held for the chunk (its own, earlier follows).
+            let idx = held.frames.iter().filter(|(fr, _, _)| fr.slot == f.slot).count();
+            let frame = Frame {
+                slot: f.slot,
+                query,
+                pos: Position {
+                    lsn: held.lsn,
+                    seq: held.seq,
+                    idx: idx.min(u16::MAX as usize) as u16,
+                },
+                kind: common::event::EventKind::Update,
+                data,
+                marks: (!marks.is_empty()).then(|| Box::new(marks)),
+            };
+            held.frames.push((frame, f.gateways.clone(), f.def.clone()));
         }
-        if n == 0 {
-            return;
-        }
-        if !single {
-            data.push(b']');
-        }
-        let frame = Frame {
-            slot: f.slot,
-            query: self.index.get(f.slot).map_or(QueryId(0), |e| e.id),
-            pos: Position {
-                lsn: held.lsn,
-                seq: held.seq,
-                idx: f.idx,
-            },
-            kind: common::event::EventKind::Update,
-            data,
-            marks: (!marks.is_empty()).then(|| Box::new(marks)),
-        };
-        held.frames.push((frame, f.gateways.clone(), f.def.clone()));
     }
 
     /// The related items held frames still need: one statement per frame and relation, for all the
@@ -783,12 +780,7 @@ impl Coordinator {
             Scope::All,
             &mut frames,
         );
-        let own: Vec<Slot> = if self.index.has_followers() {
-            frames.iter().map(|f| f.slot).collect()
-        } else {
-            Vec::new()
-        };
-        let follows = self.plan_follows(chunk, &own, &|_| true, &|slot| {
+        let follows = self.plan_follows(chunk, &|_| true, &|slot| {
             self.index.get(slot).map_or_else(Vec::new, |e| e.gateways.clone())
         });
         if !follows.is_empty() || frames.iter().any(|f| f.marks.is_some()) {
@@ -979,8 +971,7 @@ impl Coordinator {
             let gws = route_of(self, f.slot);
             routed.push((f, gws));
         }
-        let own: Vec<Slot> = routed.iter().map(|(f, _)| f.slot).collect();
-        let follows = self.plan_follows(chunk, &own, &wanted, &|slot| route_of(self, slot));
+        let follows = self.plan_follows(chunk, &wanted, &|slot| route_of(self, slot));
         self.route(chunk, routed, follows);
         self.frames = frames;
     }

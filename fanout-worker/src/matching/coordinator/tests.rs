@@ -611,3 +611,42 @@ fn a_change_to_a_shown_related_row_reads_its_items_again_and_sends_them_as_an_up
         )]
     );
 }
+
+#[test]
+fn a_follow_of_many_items_is_sent_in_frames_of_at_most_a_thousand() {
+    let q = relational_query();
+    let mut c = owning_all(100);
+    assert_eq!(c.apply_ctl(id(11), Ok(register(&q, "gw", ctl::Replay::Live))), CtlOutcome::Applied);
+    c.match_live(id(102), Some(&author_update(102, "a@x", "b@x", "tue", "tue")));
+    let reads = c.follow_reads();
+    let rows: Vec<Vec<Option<String>>> =
+        (0..2500).map(|i| vec![Some(i.to_string()), Some("3".into())]).collect();
+    c.related_rows_followed(&reads[0], &rows);
+    let related = c.related_reads();
+    assert_eq!(related.len(), 3, "one statement per frame for its authors");
+    for r in &related {
+        c.related_rows(r, &[vec![Some("3".into()), Some("b@x".into())]]);
+    }
+    c.release_held();
+    let msgs = c.take_messages().msgs;
+    let entries = decode_batch(&msgs[0].1).unwrap();
+    let idx: Vec<u16> = entries.iter().map(|e| e.pos.idx).collect();
+    assert_eq!(idx, [0, 1, 2], "each frame its own position, so none is taken for a repeat");
+    let out: BTreeMap<String, Vec<(EntryKind, u64, String)>> = [(
+        "gw".to_owned(),
+        entries
+            .iter()
+            .map(|e| (e.kind, e.pos.lsn, String::from_utf8_lossy(&msgs[0].1[e.body.clone()]).into_owned()))
+            .collect(),
+    )]
+    .into_iter()
+    .collect();
+    let sizes: Vec<usize> = out["gw"]
+        .iter()
+        .map(|(k, lsn, body)| {
+            assert_eq!((*k, *lsn), (EntryKind::Event(EventKind::Update), 102));
+            serde_json::from_str::<serde_json::Value>(body).unwrap().as_array().unwrap().len()
+        })
+        .collect();
+    assert_eq!(sizes, [1000, 1000, 500]);
+}
