@@ -191,8 +191,9 @@ impl Related for std::collections::HashMap<String, (Collection, Access)> {
     }
 }
 
-/// Directus's `MAX_RELATIONAL_DEPTH` default: at most this many dot-separated parts in a field.
-pub const MAX_RELATIONAL_DEPTH: usize = 10;
+/// A bound on relational nesting for the walks that recurse over it, whatever `MAX_RELATIONAL_DEPTH`
+/// says (that setting is enforced where the query is parsed, `crate::query::parse_query`).
+pub const NESTING_LIMIT: usize = 64;
 
 /// The related collections `fields` reach from `coll` through many-to-one relations (first part of each
 /// dotted path, recursively), so a caller can look up its access there before [`normalize_with`].
@@ -209,7 +210,7 @@ pub fn related_collections(
         out: &mut Vec<String>,
         depth: usize,
     ) {
-        if depth > MAX_RELATIONAL_DEPTH {
+        if depth > NESTING_LIMIT {
             return;
         }
         let mut by_root: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -246,7 +247,13 @@ pub fn related_collections(
             }
         }
     }
-    walk(coll, fields.iter().map(String::as_str).collect(), schema, &mut out, 1);
+    walk(
+        coll,
+        fields.iter().map(String::as_str).collect(),
+        schema,
+        &mut out,
+        1,
+    );
     out
 }
 
@@ -428,7 +435,6 @@ pub fn normalize_with(
     ]);
     row_filter.canonicalize();
 
-
     let events = match event {
         Some(e) => e.bit(),
         None => EventKind::Create.bit() | EventKind::Update.bit() | EventKind::Delete.bit(),
@@ -441,7 +447,11 @@ pub fn normalize_with(
             filter: row_filter,
             fields,
             primary_key: coll.primary_key.clone(),
-            schema: if relations.is_empty() { String::new() } else { coll.schema.clone() },
+            schema: if relations.is_empty() {
+                String::new()
+            } else {
+                coll.schema.clone()
+            },
             root_columns,
             relations,
         },
@@ -488,7 +498,9 @@ fn deep_query(
         match key.as_str() {
             "_filter" => {
                 let value = match value {
-                    Json::String(s) => serde_json::from_str(s).map_err(|_| bad("must be a valid JSON object"))?,
+                    Json::String(s) => {
+                        serde_json::from_str(s).map_err(|_| bad("must be a valid JSON object"))?
+                    }
                     v => v.clone(),
                 };
                 if value.is_null() {
@@ -515,7 +527,10 @@ fn deep_query(
             "_sort" => {
                 let list: Vec<String> = match value {
                     Json::String(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
-                    Json::Array(a) => a.iter().filter_map(|v| v.as_str().map(|s| s.trim().to_owned())).collect(),
+                    Json::Array(a) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(|s| s.trim().to_owned()))
+                        .collect(),
                     _ => return Err(bad("must be a string or array")),
                 };
                 let mut sort = Vec::new();
@@ -547,7 +562,8 @@ fn deep_query(
                         _ => return Err(bad("must be greater than or equal to -1")),
                     });
                 } else {
-                    q.offset = u32::try_from(n).map_err(|_| bad("must be greater than or equal to 0"))?;
+                    q.offset =
+                        u32::try_from(n).map_err(|_| bad("must be greater than or equal to 0"))?;
                 }
             }
             _ => {
@@ -644,15 +660,20 @@ fn project_fields(
     // Relational fields in order of first mention, with the sub-paths asked of each (none: an alias
     // shown as its items' keys).
     let mut nested: Vec<(String, Vec<String>)> = Vec::new();
-    let mut add_nested = |root: &str, rest: Option<&str>| match nested.iter_mut().find(|(r, _)| r == root) {
-        Some((_, rests)) => rests.extend(rest.map(str::to_owned)),
-        None => nested.push((root.to_owned(), rest.map(str::to_owned).into_iter().collect())),
-    };
+    let mut add_nested =
+        |root: &str, rest: Option<&str>| match nested.iter_mut().find(|(r, _)| r == root) {
+            Some((_, rests)) => rests.extend(rest.map(str::to_owned)),
+            None => nested.push((
+                root.to_owned(),
+                rest.map(str::to_owned).into_iter().collect(),
+            )),
+        };
     let is_relation = |root: &str| {
-        (coll.column(root).is_some() && coll.m2o_target(root).is_some()) || coll.o2m_target(root).is_some()
+        (coll.column(root).is_some() && coll.m2o_target(root).is_some())
+            || coll.o2m_target(root).is_some()
     };
     for f in fields {
-        if f.split('.').count() + depth - 1 > MAX_RELATIONAL_DEPTH {
+        if depth > NESTING_LIMIT {
             return Err(QueryError::invalid("Max relational depth exceeded"));
         }
         if f.contains(':') {
@@ -720,7 +741,8 @@ fn project_fields(
     }
     // A relational field takes the place of the column it expands (`*` then `author.*`), else comes
     // after the plain fields, in order of first mention.
-    let mut names: Vec<(String, Option<Vec<String>>)> = plain.into_iter().map(|n| (n, None)).collect();
+    let mut names: Vec<(String, Option<Vec<String>>)> =
+        plain.into_iter().map(|n| (n, None)).collect();
     for (root, rests) in nested {
         match names.iter_mut().find(|(n, _)| *n == root) {
             Some((_, sub)) => *sub = Some(rests),
@@ -751,7 +773,8 @@ fn project_fields(
                         )));
                     }
                 };
-                let rel = related_field(target, &rests, sub_deep, &sub_path, depth + 1, level, via)?;
+                let rel =
+                    related_field(target, &rests, sub_deep, &sub_path, depth + 1, level, via)?;
                 (Some(rel), via.map(|_| coll.primary_key.clone()))
             }
         };
@@ -777,20 +800,28 @@ fn related_field(
     o2m: Option<&crate::schema::O2m>,
 ) -> Result<u16, QueryError> {
     let Some((coll, access)) = level.related.get(target) else {
-        return Err(QueryError::Forbidden(crate::protocol::msg_forbidden_collection(
-            target, path,
-        )));
+        return Err(QueryError::Forbidden(
+            crate::protocol::msg_forbidden_collection(target, path),
+        ));
     };
     if crate::schema::is_unsubscribable(target) {
-        return Err(QueryError::Forbidden(crate::protocol::msg_forbidden_collection(
-            target, path,
-        )));
+        return Err(QueryError::Forbidden(
+            crate::protocol::msg_forbidden_collection(target, path),
+        ));
     }
     let rules = bind_rules(coll, access, level.vars, level.limits, path)?;
     let is_admin = matches!(access, Access::Admin);
     let mut unknown = Vec::new();
     let projection = project_fields(
-        coll, &rules, is_admin, fields, deep, path, depth, level, &mut unknown,
+        coll,
+        &rules,
+        is_admin,
+        fields,
+        deep,
+        path,
+        depth,
+        level,
+        &mut unknown,
     )?;
     let q = deep_query(coll, deep, &rules, is_admin, level, path)?;
     let mut filter = Filter::and([
@@ -802,7 +833,8 @@ fn related_field(
         },
     ]);
     filter.canonicalize();
-    let mut columns: Vec<(String, Kind)> = vec![(coll.primary_key.clone(), coll.pk_column().kind.clone())];
+    let mut columns: Vec<(String, Kind)> =
+        vec![(coll.primary_key.clone(), coll.pk_column().kind.clone())];
     let mut add = |name: &str| {
         if !columns.iter().any(|(n, _)| n == name)
             && let Some(c) = coll.column(name)
@@ -848,7 +880,11 @@ fn related_field(
         columns,
         foreign_key: o2m.map(|o| o.foreign_key.clone()),
         sort,
-        limit: if o2m.is_some() { q.limit.unwrap_or(Some(NESTED_LIMIT)) } else { None },
+        limit: if o2m.is_some() {
+            q.limit.unwrap_or(Some(NESTED_LIMIT))
+        } else {
+            None
+        },
         offset: if o2m.is_some() { q.offset } else { 0 },
     });
     Ok(index as u16)
@@ -1135,7 +1171,12 @@ mod tests {
 
     fn roles() -> Collection {
         let c = Column::new;
-        Collection::new("directus_roles", "public", "id", vec![c("id", Kind::Uuid), c("name", Kind::Text)])
+        Collection::new(
+            "directus_roles",
+            "public",
+            "id",
+            vec![c("id", Kind::Uuid), c("name", Kind::Text)],
+        )
     }
 
     fn rel_norm(
@@ -1145,7 +1186,9 @@ mod tests {
         roles_access: Access,
     ) -> Result<Normalized, QueryError> {
         let mut articles = coll();
-        articles.m2o.insert("author".into(), "directus_users".into());
+        articles
+            .m2o
+            .insert("author".into(), "directus_users".into());
         let related: std::collections::HashMap<String, (Collection, Access)> = [
             ("directus_users".to_owned(), (users(), users_access)),
             ("directus_roles".to_owned(), (roles(), roles_access)),
@@ -1174,15 +1217,29 @@ mod tests {
             Access::Admin,
         )
         .unwrap();
-        let names: Vec<_> = n.query.fields.iter().map(|p| (p.field.as_str(), p.relation)).collect();
+        let names: Vec<_> = n
+            .query
+            .fields
+            .iter()
+            .map(|p| (p.field.as_str(), p.relation))
+            .collect();
         assert_eq!(names, [("id", None), ("title", None), ("author", Some(0))]);
         let r = &n.query.relations[0];
         assert_eq!(r.collection, "directus_users");
         assert!(r.filter.is_true());
-        assert_eq!(r.fields.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(), ["email"]);
+        assert_eq!(
+            r.fields
+                .iter()
+                .map(|p| p.field.as_str())
+                .collect::<Vec<_>>(),
+            ["email"]
+        );
         assert_eq!(
             r.columns,
-            vec![("id".to_owned(), Kind::Uuid), ("email".to_owned(), Kind::Text)]
+            vec![
+                ("id".to_owned(), Kind::Uuid),
+                ("email".to_owned(), Kind::Text)
+            ]
         );
         assert!(n.query.canonical_json().contains("\"relations\""));
 
@@ -1194,18 +1251,47 @@ mod tests {
             Access::Admin,
         )
         .unwrap();
-        let names: Vec<_> = n.query.fields.iter().map(|p| (p.field.as_str(), p.relation)).collect();
-        assert_eq!(names, [("id", None), ("title", None), ("status", None), ("author", Some(1))]);
+        let names: Vec<_> = n
+            .query
+            .fields
+            .iter()
+            .map(|p| (p.field.as_str(), p.relation))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("id", None),
+                ("title", None),
+                ("status", None),
+                ("author", Some(1))
+            ]
+        );
         let author = &n.query.relations[1];
-        let inner: Vec<_> = author.fields.iter().map(|p| (p.field.as_str(), p.relation)).collect();
+        let inner: Vec<_> = author
+            .fields
+            .iter()
+            .map(|p| (p.field.as_str(), p.relation))
+            .collect();
         assert_eq!(
             inner,
-            [("id", None), ("email", None), ("first_name", None), ("role", Some(0)), ("status", None)]
+            [
+                ("id", None),
+                ("email", None),
+                ("first_name", None),
+                ("role", Some(0)),
+                ("status", None)
+            ]
         );
         assert_eq!(n.query.relations[0].collection, "directus_roles");
 
         // A query without relations serialises as before relations existed (same ids).
-        let flat = rel_norm(json!({"fields": ["id"]}), &Access::Admin, Access::Admin, Access::Admin).unwrap();
+        let flat = rel_norm(
+            json!({"fields": ["id"]}),
+            &Access::Admin,
+            Access::Admin,
+            Access::Admin,
+        )
+        .unwrap();
         assert!(!flat.query.canonical_json().contains("relation"));
     }
 
@@ -1260,11 +1346,24 @@ mod tests {
             Access::Rules(vec![]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("field \"author\" in collection \"articles\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("field \"author\" in collection \"articles\""),
+            "{err}"
+        );
         // Too deep.
         let deep = vec!["author"; 11].join(".");
-        let err = rel_norm(json!({"fields": [deep]}), &Access::Admin, Access::Admin, Access::Admin).unwrap_err();
-        assert_eq!(err.to_string(), "Invalid query. Max relational depth exceeded.");
+        let err = rel_norm(
+            json!({"fields": [deep]}),
+            &Access::Admin,
+            Access::Admin,
+            Access::Admin,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid query. Max relational depth exceeded."
+        );
     }
 
     #[test]

@@ -90,7 +90,9 @@ impl Marks {
         let row = TextRow::new(&related.columns, cells);
         let mut item = Vec::with_capacity(64);
         if related.keys_only {
-            let (kind, text) = row.cell(&related.primary_key).unwrap_or((&Kind::Text, None));
+            let (kind, text) = row
+                .cell(&related.primary_key)
+                .unwrap_or((&Kind::Text, None));
             value::write_json_value(&mut item, kind, Default::default(), text);
         } else {
             write_object_marked(&mut item, &related.fields, &row, self);
@@ -119,15 +121,19 @@ impl Marks {
                 out.extend_from_slice(&rest[start..]);
                 return;
             };
-            let n: Option<u32> = std::str::from_utf8(&after[..len]).ok().and_then(|t| t.parse().ok());
+            let n: Option<u32> = std::str::from_utf8(&after[..len])
+                .ok()
+                .and_then(|t| t.parse().ok());
             let many = n
                 .and_then(|n| self.requests.get(n as usize))
                 .is_some_and(|(_, _, many)| *many);
-            let deep_enough = depth >= crate::normalize::MAX_RELATIONAL_DEPTH;
+            let deep_enough = depth >= crate::normalize::NESTING_LIMIT;
             if many {
                 out.push(b'[');
                 if !deep_enough {
-                    let items = n.and_then(|n| self.lists.get(&n)).map_or(&[][..], Vec::as_slice);
+                    let items = n
+                        .and_then(|n| self.lists.get(&n))
+                        .map_or(&[][..], Vec::as_slice);
                     for (i, item) in items.iter().enumerate() {
                         if i > 0 {
                             out.push(b',');
@@ -387,7 +393,13 @@ mod tests {
             schema: "public".into(),
             primary_key: "id".into(),
             filter: Filter::TRUE,
-            fields: vec![text("email"), Projection { relation: Some(0), ..text("role") }],
+            fields: vec![
+                text("email"),
+                Projection {
+                    relation: Some(0),
+                    ..text("role")
+                },
+            ],
             columns: vec![
                 ("id".into(), Kind::Int4),
                 ("email".into(), Kind::Text),
@@ -399,15 +411,31 @@ mod tests {
             offset: 0,
             keys_only: false,
         };
-        let fields = vec![text("id"), Projection { relation: Some(1), ..text("author") }];
+        let fields = vec![
+            text("id"),
+            Projection {
+                relation: Some(1),
+                ..text("author")
+            },
+        ];
         let row = |id: &'static str, author: Option<&'static str>| {
-            Row([("id", (Kind::Int4, Some(id))), ("author", (Kind::Int4, author))].into_iter().collect())
+            Row([
+                ("id", (Kind::Int4, Some(id))),
+                ("author", (Kind::Int4, author)),
+            ]
+            .into_iter()
+            .collect())
         };
         let mut marks = Marks::new();
         let mut data = b"[".to_vec();
-        for (i, r) in [row("1", Some("7")), row("2", Some("7")), row("3", None), row("4", Some("9"))]
-            .iter()
-            .enumerate()
+        for (i, r) in [
+            row("1", Some("7")),
+            row("2", Some("7")),
+            row("3", None),
+            row("4", Some("9")),
+        ]
+        .iter()
+        .enumerate()
         {
             if i > 0 {
                 data.push(b',');
@@ -416,12 +444,23 @@ mod tests {
         }
         data.push(b']');
         // One read per relation and level, each key once.
-        assert_eq!(marks.wanted(), vec![(1, vec!["7".to_owned(), "9".to_owned()])]);
+        assert_eq!(
+            marks.wanted(),
+            vec![(1, vec!["7".to_owned(), "9".to_owned()])]
+        );
         assert!(marks.wanted().is_empty());
         // User 9 is not readable (the read does not return it); user 7 shows role 5.
-        marks.found(1, &users, &[Some("7".into()), Some("a@x".into()), Some("5".into())]);
+        marks.found(
+            1,
+            &users,
+            &[Some("7".into()), Some("a@x".into()), Some("5".into())],
+        );
         assert_eq!(marks.wanted(), vec![(0, vec!["5".to_owned()])]);
-        marks.found(0, &roles, &[Some("5".into()), Some("editor \u{0}\"quoted\"".into())]);
+        marks.found(
+            0,
+            &roles,
+            &[Some("5".into()), Some("editor \u{0}\"quoted\"".into())],
+        );
         let out: serde_json::Value = serde_json::from_slice(&marks.splice(&data)).unwrap();
         assert_eq!(
             out,

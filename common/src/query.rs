@@ -49,13 +49,7 @@ pub struct QueryParams {
 
 /// Query parameters Directus supports that subscriptions here do not (yet): refused with a clear error
 /// instead of being silently ignored.
-const UNSUPPORTED: [&str; 5] = [
-    "aggregate",
-    "groupBy",
-    "alias",
-    "version",
-    "versionRaw",
-];
+const UNSUPPORTED: [&str; 5] = ["aggregate", "groupBy", "alias", "version", "versionRaw"];
 
 pub fn parse_query(
     raw: Option<&Map<String, Json>>,

@@ -347,7 +347,8 @@ pub fn broken_permissions(chunk: &TxChunk, schema: &str) -> Vec<BrokenPermission
                 Ok(serde_json::Value::Null) => None,
                 Ok(serde_json::Value::Object(o)) if o.is_empty() => None,
                 Ok(v) => crate::filter::check_structure(&v).err().map(|e| match e {
-                    crate::filter::QueryError::Invalid(r) | crate::filter::QueryError::Forbidden(r) => r,
+                    crate::filter::QueryError::Invalid(r)
+                    | crate::filter::QueryError::Forbidden(r) => r,
                 }),
             };
             if let Some(problem) = problem {
@@ -570,17 +571,21 @@ mod tests {
         let sessions = rel(1, "directus_sessions", &["id", "user", "expires"]);
         let change = |c: Change| chunk_deps(&chunk(vec![sessions.clone()], vec![c]), "public");
         // A login and a refresh (token rotated in place) change nobody's rights.
-        assert!(change(Change::Insert {
-            rel: 1,
-            new: vec![t("tok"), t("U1"), t("tomorrow")],
-        })
-        .is_empty());
-        assert!(change(Change::Update {
-            rel: 1,
-            old: full(vec![t("tok"), t("U1"), t("tomorrow")]),
-            new: vec![t("tok2"), t("U1"), t("later")],
-        })
-        .is_empty());
+        assert!(
+            change(Change::Insert {
+                rel: 1,
+                new: vec![t("tok"), t("U1"), t("tomorrow")],
+            })
+            .is_empty()
+        );
+        assert!(
+            change(Change::Update {
+                rel: 1,
+                old: full(vec![t("tok"), t("U1"), t("tomorrow")]),
+                new: vec![t("tok2"), t("U1"), t("later")],
+            })
+            .is_empty()
+        );
         assert_eq!(
             change(Change::Delete {
                 rel: 1,
@@ -609,7 +614,14 @@ mod tests {
         let perms = rel(
             1,
             "directus_permissions",
-            &["id", "policy", "collection", "action", "permissions", "validation"],
+            &[
+                "id",
+                "policy",
+                "collection",
+                "action",
+                "permissions",
+                "validation",
+            ],
         );
         let row = |id: &str, filter: Cell, validation: Cell| Change::Insert {
             rel: 1,
@@ -632,12 +644,26 @@ mod tests {
             .collect();
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[0].0, "2");
-        assert!(got[0].1.starts_with("permissions: Unknown filter operator \"_bogus\""), "{}", got[0].1);
+        assert!(
+            got[0]
+                .1
+                .starts_with("permissions: Unknown filter operator \"_bogus\""),
+            "{}",
+            got[0].1
+        );
         assert_eq!(got[1].0, "3");
         assert!(got[1].1.starts_with("validation: "), "{}", got[1].1);
         assert_eq!(got[2].0, "4");
-        assert!(got[2].1.starts_with("permissions: not JSON"), "{}", got[2].1);
-        assert!(broken.iter().all(|b| b.policy == "P1" && b.collection == "articles" && b.action == "read"));
+        assert!(
+            got[2].1.starts_with("permissions: not JSON"),
+            "{}",
+            got[2].1
+        );
+        assert!(
+            broken
+                .iter()
+                .all(|b| b.policy == "P1" && b.collection == "articles" && b.action == "read")
+        );
         // Another schema's table of the same name is not Directus's.
         assert!(broken_permissions(&c, "other").is_empty());
     }

@@ -146,7 +146,9 @@ pub fn is_unsubscribable(collection: &str) -> bool {
 /// The read permissions Directus grants every user whose policies give app access (its
 /// `app-access-permissions.yaml`, added to the user's own), for `collection`: (row filter, fields;
 /// `None` = all fields). Their variables resolve like any permission's.
-pub fn app_minimal_read(collection: &str) -> Vec<(serde_json::Value, Option<&'static [&'static str]>)> {
+pub fn app_minimal_read(
+    collection: &str,
+) -> Vec<(serde_json::Value, Option<&'static [&'static str]>)> {
     use serde_json::json;
     match collection {
         "directus_activity" => vec![(json!({"user": {"_eq": "$CURRENT_USER"}}), None)],
@@ -166,9 +168,25 @@ pub fn app_minimal_read(collection: &str) -> Vec<(serde_json::Value, Option<&'st
         "directus_users" => vec![(
             json!({"id": {"_eq": "$CURRENT_USER"}}),
             Some(&[
-                "id", "first_name", "last_name", "last_page", "email", "password", "location", "title",
-                "description", "tags", "preferences_divider", "avatar", "language", "appearance",
-                "theme_light", "theme_dark", "tfa_secret", "status", "role",
+                "id",
+                "first_name",
+                "last_name",
+                "last_page",
+                "email",
+                "password",
+                "location",
+                "title",
+                "description",
+                "tags",
+                "preferences_divider",
+                "avatar",
+                "language",
+                "appearance",
+                "theme_light",
+                "theme_dark",
+                "tfa_secret",
+                "status",
+                "role",
             ]),
         )],
         _ => Vec::new(),

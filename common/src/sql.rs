@@ -103,7 +103,11 @@ pub fn related(rel: &crate::normalize::RelatedField, keys: &[String]) -> Sql {
             let offset = rel.offset as u64;
             match limit {
                 Some(limit) => {
-                    let _ = write!(text, " WHERE t.rt_n > {offset} AND t.rt_n <= {}", offset + limit as u64);
+                    let _ = write!(
+                        text,
+                        " WHERE t.rt_n > {offset} AND t.rt_n <= {}",
+                        offset + limit as u64
+                    );
                 }
                 None if offset > 0 => {
                     let _ = write!(text, " WHERE t.rt_n > {offset}");

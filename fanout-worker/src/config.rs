@@ -95,10 +95,7 @@ impl WorkerConfig {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("worker-{:08x}", rand::random::<u32>()));
         let exclude: Vec<String> = r
-            .string(
-                "REALTIME_CAPTURE_EXCLUDE",
-                "directus_migrations",
-            )
+            .string("REALTIME_CAPTURE_EXCLUDE", "directus_migrations")
             .split(',')
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
@@ -161,7 +158,11 @@ mod tests {
         let c = WorkerConfig::from_vars(&vars(&[("REDIS", "redis://127.0.0.1:6379")])).unwrap();
         assert_eq!(c.capture.slot, "realtime");
         assert_eq!(c.capture.stream_max_age, Duration::from_secs(86400));
-        assert!(c.capture.exclude.contains(&"directus_migrations".to_string()));
+        assert!(
+            c.capture
+                .exclude
+                .contains(&"directus_migrations".to_string())
+        );
         let errs = WorkerConfig::from_vars(&vars(&[
             ("REALTIME_SLOT", "Bad-Name"),
             ("REALTIME_CHUNK_ROWS", "0"),

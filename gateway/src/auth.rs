@@ -885,12 +885,15 @@ impl AuthService {
         // App access adds Directus's minimal permissions on some system collections (a user reads
         // its own notifications, its own user row, its roles).
         if acct.app {
-            rules.extend(common::schema::app_minimal_read(collection).into_iter().map(
-                |(filter, fields)| ReadRule {
-                    filter: Some(filter).filter(|f| f.as_object().is_none_or(|o| !o.is_empty())),
-                    fields: fields.map(|fs| fs.iter().map(|f| f.to_string()).collect()),
-                },
-            ));
+            rules.extend(
+                common::schema::app_minimal_read(collection)
+                    .into_iter()
+                    .map(|(filter, fields)| ReadRule {
+                        filter: Some(filter)
+                            .filter(|f| f.as_object().is_none_or(|o| !o.is_empty())),
+                        fields: fields.map(|fs| fs.iter().map(|f| f.to_string()).collect()),
+                    }),
+            );
         }
         // No access is not cached: a grant committed just before a subscribe must not be refused
         // because its rights change has not reached this gateway yet. (Granted rules may be stale for

@@ -249,6 +249,14 @@ fn system_special(collection: &str, field: &str) -> Special {
     }
 }
 
+/// A statement's text parameters as `tokio_postgres` takes them.
+pub fn params(sql: &common::sql::Sql) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    sql.params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
 /// Read the tables of `schema` (with a single-column primary key) from the catalog, with Directus's field
 /// specials and collection sort fields where the Directus tables exist.
 pub async fn load_schema(pool: &Pool, schema: &str) -> anyhow::Result<Schema> {

@@ -135,7 +135,9 @@ async fn related_access(
     let mut out = HashMap::new();
     // `*` and bare aliases reach the one-to-many collections (their items' keys are shown).
     let reaches_o2m = !coll.o2m.is_empty()
-        && fields.iter().any(|f| f == "*" || coll.o2m_target(f).is_some());
+        && fields
+            .iter()
+            .any(|f| f == "*" || coll.o2m_target(f).is_some());
     if !reaches_o2m && !fields.iter().any(|f| f.contains('.')) {
         return Ok(out);
     }
@@ -151,7 +153,10 @@ async fn related_access(
     if unknown_root(&schema) {
         schema = reload_after_miss(state).await?;
     }
-    let root = schema.get(&coll.name).cloned().unwrap_or_else(|| coll.clone());
+    let root = schema
+        .get(&coll.name)
+        .cloned()
+        .unwrap_or_else(|| coll.clone());
     let names = common::normalize::related_collections(&root, fields, &|n| schema.get(n).cloned());
     for name in names {
         let Some(c) = schema.get(&name) else { continue };
@@ -463,11 +468,7 @@ async fn read_snapshot(
         spec.limit = Some(cap + 1);
     }
     let sql = common::sql::snapshot(coll, query, &spec);
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = sql
-        .params
-        .iter()
-        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
+    let params = crate::db::params(&sql);
     let rows = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.query(&sql.text, &params))
         .await
         .map_err(|_| {
@@ -536,11 +537,7 @@ async fn read_snapshot(
                 MetaKind::FilterCount => ("filter_count", &query.filter),
             };
             let sql = common::sql::count(coll, filter);
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = sql
-                .params
-                .iter()
-                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
+            let params = crate::db::params(&sql);
             let row = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.query_one(&sql.text, &params))
                 .await
                 .map_err(|_| unavailable())?
@@ -574,11 +571,7 @@ async fn read_related(
                 continue;
             };
             let sql = common::sql::related(related, &keys);
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = sql
-                .params
-                .iter()
-                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
+            let params = crate::db::params(&sql);
             let rows = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.query(&sql.text, &params))
                 .await
                 .map_err(|_| service_error(ErrorCode::ServiceUnavailable, protocol::MSG_SNAPSHOT_TIMEOUT))?
@@ -587,8 +580,9 @@ async fn read_related(
                     unavailable()
                 })?;
             for row in &rows {
-                let cells: Vec<Option<String>> =
-                    (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect();
+                let cells: Vec<Option<String>> = (0..row.len())
+                    .map(|i| row.get::<_, Option<String>>(i))
+                    .collect();
                 marks.found(rel, related, &cells);
             }
         }

@@ -170,7 +170,11 @@ async fn after_expiry_the_connection_has_public_rights_only() {
         after,
         [
             ("auth".to_owned(), "".to_owned(), "AUTH_TIMEOUT".to_owned()),
-            ("subscription".to_owned(), "a".to_owned(), "FORBIDDEN".to_owned())
+            (
+                "subscription".to_owned(),
+                "a".to_owned(),
+                "FORBIDDEN".to_owned()
+            )
         ]
     );
     // Public mode: still open, but now with the public role's rights, never more.

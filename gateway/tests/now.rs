@@ -26,9 +26,11 @@ async fn now_is_the_commit_time_of_each_change() {
     assert_eq!(init["data"], json!([]), "{init}");
     // Stamped with its transaction's start: after the subscribe, before its own commit. A `$NOW` frozen
     // at subscribe time would let it through; at commit time it is already in the past.
-    sql.batch_execute("INSERT INTO articles (title, date_created) VALUES ('stamped before its commit', now())")
-        .await
-        .unwrap();
+    sql.batch_execute(
+        "INSERT INTO articles (title, date_created) VALUES ('stamped before its commit', now())",
+    )
+    .await
+    .unwrap();
     sql.batch_execute("INSERT INTO articles (title, date_created) VALUES ('in the future', now() + interval '1 hour')")
         .await
         .unwrap();

@@ -53,7 +53,11 @@ async fn the_related_item_is_in_init_and_in_every_create_and_update() {
     let mut ws = open_as(&c, &admin_token(&c).await).await;
 
     // init: the demo articles are by the admin.
-    let init = subscribe(&mut ws, sub_msg(json!(["id", "title", "author.email"]), "a")).await;
+    let init = subscribe(
+        &mut ws,
+        sub_msg(json!(["id", "title", "author.email"]), "a"),
+    )
+    .await;
     assert_eq!(init["event"], "init", "{init}");
     let rows = init["data"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
@@ -75,7 +79,10 @@ async fn the_related_item_is_in_init_and_in_every_create_and_update() {
     );
     let orphan = insert(&sql, "anonymous", None).await;
     let m = next(&mut ws).await;
-    assert_eq!(m["data"], json!([{"id":orphan,"title":"anonymous","author":null}]));
+    assert_eq!(
+        m["data"],
+        json!([{"id":orphan,"title":"anonymous","author":null}])
+    );
     // The author's new email reaches the items that show it (Directus sends nothing here).
     sql.execute(
         "UPDATE directus_users SET email = 'renamed@example.com' WHERE id = $1::text::uuid",
@@ -94,9 +101,12 @@ async fn the_related_item_is_in_init_and_in_every_create_and_update() {
     )
     .await
     .unwrap();
-    sql.execute("UPDATE articles SET title = 'retitled' WHERE id = $1", &[&(by_writer as i32)])
-        .await
-        .unwrap();
+    sql.execute(
+        "UPDATE articles SET title = 'retitled' WHERE id = $1",
+        &[&(by_writer as i32)],
+    )
+    .await
+    .unwrap();
     let m = next(&mut ws).await;
     assert_eq!(m["event"], "update", "{m}");
     assert_eq!(
@@ -122,7 +132,11 @@ async fn the_related_item_is_in_init_and_in_every_create_and_update() {
     assert!(first["author"]["role"]["name"].is_string(), "{first}");
     insert(&sql, "nested", Some(&writer)).await;
     let m = next(&mut ws2).await;
-    assert_eq!(m["data"][0]["author"]["role"], json!({"name": "writer@example.com"}), "{m}");
+    assert_eq!(
+        m["data"][0]["author"]["role"],
+        json!({"name": "writer@example.com"}),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -225,7 +239,10 @@ async fn app_users_read_their_own_system_rows_with_related_users() {
     .await
     .unwrap();
     let admin: String = sql
-        .query_one("SELECT id::text FROM directus_users WHERE email = $1", &[&ADMIN_EMAIL])
+        .query_one(
+            "SELECT id::text FROM directus_users WHERE email = $1",
+            &[&ADMIN_EMAIL],
+        )
         .await
         .unwrap()
         .get(0);
@@ -362,7 +379,15 @@ async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
     let row = &star["data"][0];
     assert_eq!(
         row.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["id", "title", "status", "date_created", "author", "categories", "comments"],
+        [
+            "id",
+            "title",
+            "status",
+            "date_created",
+            "author",
+            "categories",
+            "comments"
+        ],
         "{row}"
     );
     assert_eq!(row["comments"], json!([1, 2]));
@@ -408,7 +433,11 @@ async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
             "deep":{"comments":{"_filter":{"body":{"_neq":"first"}},"_sort":["-id"],"_limit":1}}},"uid":"d"}),
     )
     .await;
-    assert_eq!(init["data"], json!([{"id":1,"comments":[{"body":"third"}]}]), "{init}");
+    assert_eq!(
+        init["data"],
+        json!([{"id":1,"comments":[{"body":"third"}]}]),
+        "{init}"
+    );
     // `deep` on a field that is not a relation, and an unknown field in a deep filter: clear errors,
     // and the connection goes on.
     let bad = subscribe(
@@ -417,7 +446,13 @@ async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
     )
     .await;
     assert_eq!(bad["error"]["code"], "INVALID_QUERY", "{bad}");
-    assert!(bad["error"]["message"].as_str().unwrap().contains("\"title\", which is not a relational field"), "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"title\", which is not a relational field"),
+        "{bad}"
+    );
     let bad = subscribe(
         &mut ws3,
         json!({"type":"subscribe","collection":"articles","query":{"fields":["comments.body"],"deep":{"comments":{"_filter":{"nope":{"_eq":1}}}}},"uid":"y"}),
@@ -431,7 +466,11 @@ async fn one_to_many_and_many_to_many_fields_show_arrays_in_init_and_events() {
         .await
         .unwrap();
     let m = next(&mut ws3).await;
-    assert_eq!(m["data"], json!([{"id":1,"comments":[{"body":"fourth"}]}]), "{m}");
+    assert_eq!(
+        m["data"],
+        json!([{"id":1,"comments":[{"body":"fourth"}]}]),
+        "{m}"
+    );
 }
 
 /// A column and a relation added while the cluster runs are usable at once, without a restart.
@@ -468,8 +507,14 @@ async fn new_fields_and_relations_are_picked_up_while_running() {
             break m;
         }
         assert_eq!(m["error"]["code"], "FORBIDDEN", "{m}");
-        assert!(std::time::Instant::now() < deadline, "the new column and relation were never picked up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new column and relation were never picked up"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(init["data"], json!([{"id":1,"subtitle":"sub","editor":{"name":"Ed"}}]));
+    assert_eq!(
+        init["data"],
+        json!([{"id":1,"subtitle":"sub","editor":{"name":"Ed"}}])
+    );
 }

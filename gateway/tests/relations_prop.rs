@@ -38,14 +38,19 @@ struct Policy {
 
 impl Policy {
     fn random(rng: &mut StdRng) -> Policy {
-        let mut statuses: Vec<&'static str> =
-            STATUSES.iter().copied().filter(|_| rng.random_bool(0.6)).collect();
+        let mut statuses: Vec<&'static str> = STATUSES
+            .iter()
+            .copied()
+            .filter(|_| rng.random_bool(0.6))
+            .collect();
         if statuses.is_empty() {
             statuses.push(STATUSES[rng.random_range(0..STATUSES.len())]);
         }
         let people = rng.random_bool(0.8).then(|| {
-            let fields: Vec<&'static str> =
-                ["email", "name"].into_iter().filter(|_| rng.random_bool(0.7)).collect();
+            let fields: Vec<&'static str> = ["email", "name"]
+                .into_iter()
+                .filter(|_| rng.random_bool(0.7))
+                .collect();
             (rng.random_range(0..TEAMS), fields)
         });
         let notes = match rng.random_range(0..5) {
@@ -57,7 +62,11 @@ impl Policy {
             statuses,
             people,
             notes,
-            asks: if rng.random_bool(0.5) { "email" } else { "name" },
+            asks: if rng.random_bool(0.5) {
+                "email"
+            } else {
+                "name"
+            },
         }
     }
 
@@ -87,18 +96,30 @@ struct Model {
 impl Model {
     /// Check one item of an event for a subscriber under `p`; returns the post id.
     fn check(&self, p: &Policy, item: &Json) -> i64 {
-        let obj = item.as_object().unwrap_or_else(|| panic!("item not an object: {item}"));
+        let obj = item
+            .as_object()
+            .unwrap_or_else(|| panic!("item not an object: {item}"));
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         assert_eq!(keys, ["id", "title", "owner", "notes"], "{item}");
         let id = item["id"].as_i64().unwrap();
         let (owner, status) = self.posts[&id];
-        assert!(p.statuses.contains(&status), "post {id} ({status}) leaked to {p:?}");
+        assert!(
+            p.statuses.contains(&status),
+            "post {id} ({status}) leaked to {p:?}"
+        );
         let (team, fields) = p.people.as_ref().expect("accepted");
         let visible_owner = self.teams[&owner] == *team;
         match &item["owner"] {
-            Json::Null => assert!(!visible_owner, "owner {owner} of post {id} hidden from {p:?}: {item}"),
+            Json::Null => assert!(
+                !visible_owner,
+                "owner {owner} of post {id} hidden from {p:?}: {item}"
+            ),
             Json::Object(o) => {
-                assert!(visible_owner, "owner {owner} (team {}) leaked to {p:?}: {item}", self.teams[&owner]);
+                assert!(
+                    visible_owner,
+                    "owner {owner} (team {}) leaked to {p:?}: {item}",
+                    self.teams[&owner]
+                );
                 let keys: Vec<&str> = o.keys().map(String::as_str).collect();
                 assert_eq!(keys, ["id", p.asks], "{item}");
                 assert!(fields.contains(&p.asks));
@@ -113,13 +134,19 @@ impl Model {
             other => panic!("owner is {other}"),
         }
         let public_only = p.notes.expect("accepted");
-        for n in item["notes"].as_array().unwrap_or_else(|| panic!("notes not an array: {item}")) {
+        for n in item["notes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("notes not an array: {item}"))
+        {
             let keys: Vec<&str> = n.as_object().unwrap().keys().map(String::as_str).collect();
             assert_eq!(keys, ["body"], "{item}");
             let note = self.note_bodies[n["body"].as_str().unwrap()];
             let (post, public) = self.notes[&note];
             assert_eq!(post, id, "note {note} shown under post {id}");
-            assert!(public || !public_only, "private note {note} leaked to {p:?}");
+            assert!(
+                public || !public_only,
+                "private note {note} leaked to {p:?}"
+            );
         }
         id
     }
@@ -127,7 +154,10 @@ impl Model {
 
 #[tokio::test]
 async fn relational_fields_reveal_nothing_the_policies_hide() {
-    let ops: usize = std::env::var("RT_REL_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let ops: usize = std::env::var("RT_REL_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let seed: u64 = std::env::var("RT_PROP_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -141,7 +171,10 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
         // far more than a real client would; this test is about what is sent, not about slow readers.
         // The readers do not answer heartbeat pings.
         gateway_env: vec![
-            ("REALTIME_SEND_BUFFER_BYTES".into(), (1u64 << 30).to_string()),
+            (
+                "REALTIME_SEND_BUFFER_BYTES".into(),
+                (1u64 << 30).to_string(),
+            ),
             ("WEBSOCKETS_HEARTBEAT_ENABLED".into(), "false".into()),
         ],
         ..ClusterOptions::default()
@@ -172,12 +205,23 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
         .await
         .unwrap();
         model.teams.insert(person, team);
-        model.values.entry((person, "email")).or_default().insert(email);
-        model.values.entry((person, "name")).or_default().insert(name);
+        model
+            .values
+            .entry((person, "email"))
+            .or_default()
+            .insert(email);
+        model
+            .values
+            .entry((person, "name"))
+            .or_default()
+            .insert(name);
     }
 
     // Users, their policies, their subscriptions (alternating gateways).
-    let mut subs: Vec<(Policy, tokio::sync::mpsc::UnboundedReceiver<anyhow::Result<Json>>)> = Vec::new();
+    let mut subs: Vec<(
+        Policy,
+        tokio::sync::mpsc::UnboundedReceiver<anyhow::Result<Json>>,
+    )> = Vec::new();
     for u in 0..USERS {
         let p = Policy::random(&mut rng);
         let email = format!("rel{u}@example.com");
@@ -189,10 +233,27 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
         )
         .await
         .unwrap();
-        grant_read(&c, &policy, "posts", Some(json!({"status": {"_in": p.statuses}})), "*").await;
+        grant_read(
+            &c,
+            &policy,
+            "posts",
+            Some(json!({"status": {"_in": p.statuses}})),
+            "*",
+        )
+        .await;
         if let Some((team, fields)) = &p.people {
-            let fields = std::iter::once("id").chain(fields.iter().copied()).collect::<Vec<_>>().join(",");
-            grant_read(&c, &policy, "people", Some(json!({"team": {"_eq": team}})), &fields).await;
+            let fields = std::iter::once("id")
+                .chain(fields.iter().copied())
+                .collect::<Vec<_>>()
+                .join(",");
+            grant_read(
+                &c,
+                &policy,
+                "people",
+                Some(json!({"team": {"_eq": team}})),
+                &fields,
+            )
+            .await;
         }
         if let Some(public_only) = p.notes {
             let filter = public_only.then(|| json!({"public": {"_eq": true}}));
@@ -223,7 +284,9 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(async move {
                 loop {
-                    let m = ws.recv_skip_ping(std::time::Duration::from_secs(3600)).await;
+                    let m = ws
+                        .recv_skip_ping(std::time::Duration::from_secs(3600))
+                        .await;
                     let stop = m.is_err();
                     if tx.send(m).is_err() || stop {
                         return;
@@ -255,7 +318,11 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
                 model.posts.insert(id as i64, (owner, status));
             }
             5..=7 if !model.posts.is_empty() => {
-                let post = *model.posts.keys().nth(rng.random_range(0..model.posts.len())).unwrap();
+                let post = *model
+                    .posts
+                    .keys()
+                    .nth(rng.random_range(0..model.posts.len()))
+                    .unwrap();
                 let public = rng.random_bool(0.5);
                 next_note += 1;
                 let body = format!("note {next_note}");
@@ -272,9 +339,17 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
             }
             _ => {
                 let person = rng.random_range(0..PEOPLE);
-                let field: &'static str = if rng.random_bool(0.5) { "email" } else { "name" };
+                let field: &'static str = if rng.random_bool(0.5) {
+                    "email"
+                } else {
+                    "name"
+                };
                 let value = format!("{field}-{person}-{n}");
-                model.values.entry((person, field)).or_default().insert(value.clone());
+                model
+                    .values
+                    .entry((person, field))
+                    .or_default()
+                    .insert(value.clone());
                 sql.execute(
                     &format!("UPDATE people SET {field} = $1 WHERE id = $2"),
                     &[&value, &person],
@@ -327,7 +402,10 @@ async fn relational_fields_reveal_nothing_the_policies_hide() {
                 checked += 1;
                 match m["event"].as_str() {
                     Some("create") => created.push(id),
-                    Some("update") => assert!(created.contains(&id), "update of post {id} before its create"),
+                    Some("update") => assert!(
+                        created.contains(&id),
+                        "update of post {id} before its create"
+                    ),
                     other => panic!("unexpected {other:?}: {m}"),
                 }
             }

@@ -348,9 +348,12 @@ async fn a_logout_ends_the_sockets_its_session_authenticated() {
     sub(&mut first, "articles", "a").await;
     sub(&mut second, "articles", "b").await;
     // The first session logs out (as `POST /auth/logout` does: its row is deleted).
-    sql.execute("DELETE FROM directus_sessions WHERE token = $1", &[&refresh[0]])
-        .await
-        .unwrap();
+    sql.execute(
+        "DELETE FROM directus_sessions WHERE token = $1",
+        &[&refresh[0]],
+    )
+    .await
+    .unwrap();
     let id = insert_article(&sql, "after logout", "published").await;
     assert_eq!(
         next(&mut first).await,

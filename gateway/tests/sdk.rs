@@ -7,6 +7,41 @@ use serde_json::json;
 use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD};
 use testkit::services::run_node;
 
+/// A node script of `loadtest/js` driving the real SDK, printing one JSON line per message.
+struct SdkScript {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl SdkScript {
+    fn start(script: &str, args: &[&str]) -> SdkScript {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(testkit::services::node_client_dir().unwrap())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        SdkScript {
+            _child: child,
+            lines,
+        }
+    }
+
+    /// The next line the script printed, as JSON.
+    async fn next(&mut self) -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("the SDK printed nothing in time")
+            .unwrap()
+            .expect("the SDK script ended");
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
 #[tokio::test]
 async fn directus_sdk_subscribes_and_gets_init() {
     let c = cluster(&[]).await;
@@ -31,7 +66,6 @@ async fn directus_sdk_subscribes_and_gets_init() {
 /// hands to that subscription's iterator only: the client's other subscription keeps receiving.
 #[tokio::test]
 async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
-    use tokio::io::AsyncBufReadExt;
     let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
         workers: 1,
         ..Default::default()
@@ -49,27 +83,16 @@ async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
     )
     .await
     .unwrap();
-    let dir = testkit::services::node_client_dir().unwrap();
-    let mut child = tokio::process::Command::new("node")
-        .arg("sdk-revoke.mjs")
-        .arg(format!("http://{}", c.gateway_addr(0)))
-        .arg("sdk-static")
-        .current_dir(dir)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = format!("http://{}", c.gateway_addr(0));
+    let mut sdk = SdkScript::start("sdk-revoke.mjs", &[&url, "sdk-static"]);
     let mut seen = Vec::new();
     let mut until = async |want: &dyn Fn(&serde_json::Value) -> bool| {
         loop {
-            let line = tokio::time::timeout(WAIT, lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("timed out; the SDK printed {seen:#?}"))
-                .unwrap()
-                .expect("the SDK script ended");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert!(v.get("threw").is_none(), "an iterator threw: {v}");
+            let v = sdk.next().await;
+            assert!(
+                v.get("threw").is_none(),
+                "an iterator threw: {v}; before it: {seen:#?}"
+            );
             seen.push(v.clone());
             if want(&v) {
                 return v;
@@ -99,7 +122,6 @@ async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
 /// brings the author's email in `init` and in each create.
 #[tokio::test]
 async fn the_sdk_gets_the_related_author_in_init_and_events() {
-    use tokio::io::AsyncBufReadExt;
     let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
         workers: 1,
         ..Default::default()
@@ -108,28 +130,17 @@ async fn the_sdk_gets_the_related_author_in_init_and_events() {
     .unwrap();
     let sql = c.sql().await.unwrap();
     let writer = create_user(&c, "author@example.com", "pw", false).await;
-    let dir = testkit::services::node_client_dir().unwrap();
-    let mut child = tokio::process::Command::new("node")
-        .arg("sdk-query.mjs")
-        .arg(format!("http://{}", c.gateway_addr(0)))
-        .arg(testkit::cluster::ADMIN_TOKEN)
-        .arg("articles")
-        .arg(r#"{"fields":["id","title","author.email"],"sort":["id"]}"#)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> serde_json::Value {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the SDK printed nothing in time")
-            .unwrap()
-            .expect("the SDK script ended");
-        serde_json::from_str(&line).unwrap()
-    };
-    let init = next().await;
+    let url = format!("http://{}", c.gateway_addr(0));
+    let mut sdk = SdkScript::start(
+        "sdk-query.mjs",
+        &[
+            &url,
+            testkit::cluster::ADMIN_TOKEN,
+            "articles",
+            r#"{"fields":["id","title","author.email"],"sort":["id"]}"#,
+        ],
+    );
+    let init = sdk.next().await;
     assert_eq!(init["event"], "init", "{init}");
     assert_eq!(
         init["data"][0],
@@ -143,7 +154,7 @@ async fn the_sdk_gets_the_related_author_in_init_and_events() {
         .await
         .unwrap()
         .get(0);
-    let m = next().await;
+    let m = sdk.next().await;
     assert_eq!(m["event"], "create", "{m}");
     assert_eq!(
         m["data"],
@@ -156,7 +167,6 @@ async fn the_sdk_gets_the_related_author_in_init_and_events() {
 /// shown where it may read that user (here: itself).
 #[tokio::test]
 async fn the_sdk_gets_its_own_notifications_with_the_sender() {
-    use tokio::io::AsyncBufReadExt;
     let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
         workers: 1,
         ..Default::default()
@@ -172,28 +182,17 @@ async fn the_sdk_gets_its_own_notifications_with_the_sender() {
     )
     .await
     .unwrap();
-    let dir = testkit::services::node_client_dir().unwrap();
-    let mut child = tokio::process::Command::new("node")
-        .arg("sdk-query.mjs")
-        .arg(format!("http://{}", c.gateway_addr(0)))
-        .arg("sdk-notified")
-        .arg("directus_notifications")
-        .arg(r#"{"fields":["id","subject","sender.first_name"]}"#)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> serde_json::Value {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the SDK printed nothing in time")
-            .unwrap()
-            .expect("the SDK script ended");
-        serde_json::from_str(&line).unwrap()
-    };
-    let init = next().await;
+    let url = format!("http://{}", c.gateway_addr(0));
+    let mut sdk = SdkScript::start(
+        "sdk-query.mjs",
+        &[
+            &url,
+            "sdk-notified",
+            "directus_notifications",
+            r#"{"fields":["id","subject","sender.first_name"]}"#,
+        ],
+    );
+    let init = sdk.next().await;
     assert_eq!(init["event"], "init", "{init}");
     assert_eq!(init["data"], json!([]));
     for (to, subject) in [(&other, "not yours"), (&me, "yours")] {
@@ -204,7 +203,7 @@ async fn the_sdk_gets_its_own_notifications_with_the_sender() {
         .await
         .unwrap();
     }
-    let m = next().await;
+    let m = sdk.next().await;
     assert_eq!(m["event"], "create", "{m}");
     assert_eq!(m["data"][0]["subject"], "yours", "{m}");
     assert_eq!(m["data"][0]["sender"], json!({"first_name": "Nia"}), "{m}");

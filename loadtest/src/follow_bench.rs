@@ -63,14 +63,17 @@ pub async fn run(args: FollowBenchArgs) -> Result<Json> {
         let mut ws = WsClient::connect(cluster.gateway_addr(0), "/websocket", &[])
             .await?
             .open()?;
-        ws.send_json(&json!({"type":"auth","access_token": ADMIN_TOKEN})).await?;
+        ws.send_json(&json!({"type":"auth","access_token": ADMIN_TOKEN}))
+            .await?;
         let ok = ws.recv(Duration::from_secs(30)).await?;
         if ok["status"] != "ok" {
             bail!("auth failed: {ok}");
         }
-        ws.send_json(&json!({"type":"subscribe","collection":"bench_posts","event":"update","uid":"p",
-            "query":{"fields":["id","title","author.email"]}}))
-            .await?;
+        ws.send_json(
+            &json!({"type":"subscribe","collection":"bench_posts","event":"update","uid":"p",
+            "query":{"fields":["id","title","author.email"]}}),
+        )
+        .await?;
         let init = ws.recv(Duration::from_secs(30)).await?;
         if init["event"] != "init" {
             bail!("subscribe failed: {init}");
@@ -90,20 +93,30 @@ pub async fn run(args: FollowBenchArgs) -> Result<Json> {
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for n in 0..args.changes {
         let email = format!("renamed{n}@example.com");
-        sql.execute("UPDATE bench_authors SET email = $1 WHERE id = 1", &[&email])
-            .await?;
+        sql.execute(
+            "UPDATE bench_authors SET email = $1 WHERE id = 1",
+            &[&email],
+        )
+        .await?;
         let committed = Instant::now();
         let mut slowest = Duration::ZERO;
-        let mut seen: Vec<std::collections::HashSet<i64>> = vec![Default::default(); args.subscribers];
+        let mut seen: Vec<std::collections::HashSet<i64>> =
+            vec![Default::default(); args.subscribers];
         let mut done = 0;
         while done < args.subscribers {
             let (who, m, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
                 .await
-                .with_context(|| format!("change {n}: not every subscriber got its updates in 60 s"))?
+                .with_context(|| {
+                    format!("change {n}: not every subscriber got its updates in 60 s")
+                })?
                 .context("listeners ended")?;
             let data = m["data"].as_array().cloned().unwrap_or_default();
-            if m["event"] != "update" || data.iter().any(|r| r["author"]["email"] != email.as_str()) {
-                bail!("change {n}: subscriber {who} got {} not showing {email}", m["event"]);
+            if m["event"] != "update" || data.iter().any(|r| r["author"]["email"] != email.as_str())
+            {
+                bail!(
+                    "change {n}: subscriber {who} got {} not showing {email}",
+                    m["event"]
+                );
             }
             for r in &data {
                 if !seen[who].insert(r["id"].as_i64().unwrap_or(-1)) {
@@ -111,7 +124,11 @@ pub async fn run(args: FollowBenchArgs) -> Result<Json> {
                 }
             }
             if seen[who].len() > args.items {
-                bail!("change {n}: subscriber {who} got {} posts, not {}", seen[who].len(), args.items);
+                bail!(
+                    "change {n}: subscriber {who} got {} posts, not {}",
+                    seen[who].len(),
+                    args.items
+                );
             }
             if seen[who].len() == args.items {
                 let took = at.saturating_duration_since(committed);
@@ -122,7 +139,8 @@ pub async fn run(args: FollowBenchArgs) -> Result<Json> {
         }
         all.record(slowest.as_micros().max(1) as u64)?;
     }
-    if let Ok(Some((who, m, _))) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+    if let Ok(Some((who, m, _))) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+    {
         bail!("subscriber {who} got an extra message: {m}");
     }
     let metrics = testkit::client::http(&cluster.workers[0].addr, "GET", "/metrics", &[], None)

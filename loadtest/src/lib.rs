@@ -10,11 +10,11 @@
 pub mod accounting;
 pub mod agent;
 pub mod capture_bench;
+pub mod follow_bench;
 pub mod harness;
 pub mod html;
 pub mod livehist;
 pub mod report;
-pub mod follow_bench;
 pub mod rights_bench;
 pub mod sampler;
 pub mod scenario;

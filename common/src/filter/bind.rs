@@ -81,13 +81,21 @@ pub fn is_known_operator(op: &str) -> bool {
 /// Check what a filter's shape alone can break: it parses, and every operator exists. Binding against
 /// the collection (field names, operator per type, value types) is left to whoever has its columns.
 pub fn check_structure(value: &serde_json::Value) -> Result<(), QueryError> {
-    let raw = super::parse(value, &super::VarContext::default(), super::Limits::default())?;
+    let raw = super::parse(
+        value,
+        &super::VarContext::default(),
+        super::Limits::default(),
+    )?;
     fn walk(f: &super::RawFilter) -> Result<(), QueryError> {
         match f {
-            super::RawFilter::And(parts) | super::RawFilter::Or(parts) => parts.iter().try_for_each(walk),
-            super::RawFilter::Cond { op, field, .. } if !is_known_operator(op) => Err(QueryError::invalid(format!(
-                "Unknown filter operator \"{op}\" on field \"{field}\""
-            ))),
+            super::RawFilter::And(parts) | super::RawFilter::Or(parts) => {
+                parts.iter().try_for_each(walk)
+            }
+            super::RawFilter::Cond { op, field, .. } if !is_known_operator(op) => {
+                Err(QueryError::invalid(format!(
+                    "Unknown filter operator \"{op}\" on field \"{field}\""
+                )))
+            }
             super::RawFilter::Cond { .. } => Ok(()),
         }
     }
@@ -171,22 +179,23 @@ fn bind_cond(
     }
     // `$NOW` against a time column follows the clock: the argument is kept as its adjustment (and a
     // placeholder, so the canonical query does not depend on when it was subscribed).
-    let now: Vec<(u8, super::NowAdj)> = if matches!(kind, Kind::Date | Kind::Timestamp | Kind::TimestampTz) {
-        let items: Vec<&Val> = match value {
-            RawValue::One(v) => vec![v],
-            RawValue::List(l) => l.iter().collect(),
+    let now: Vec<(u8, super::NowAdj)> =
+        if matches!(kind, Kind::Date | Kind::Timestamp | Kind::TimestampTz) {
+            let items: Vec<&Val> = match value {
+                RawValue::One(v) => vec![v],
+                RawValue::List(l) => l.iter().collect(),
+            };
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v {
+                    Val::Now(_, adj) => Some((u8::try_from(i).ok()?, *adj)),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
-        items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| match v {
-                Val::Now(_, adj) => Some((u8::try_from(i).ok()?, *adj)),
-                _ => None,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     let cond = |op: Op, mut args: Vec<Datum>| {
         for (i, _) in &now {
             if let Some(a) = args.get_mut(*i as usize) {

@@ -105,7 +105,10 @@ fn numbers_dates_and_logic() {
         assert!(m(&f, &row(&[("date_created", "2024-06-21 13:00:00+00")])));
     });
     let f2 = filter(json!({"date_created": {"_gte": "$NOW(-1 day)"}})).unwrap();
-    assert_eq!(f, f2, "the bound filter does not depend on when it was bound");
+    assert_eq!(
+        f, f2,
+        "the bound filter does not depend on when it was bound"
+    );
     let f = filter(json!({"day": {"_lt": "$NOW"}})).unwrap();
     with_now(at, || {
         assert!(
@@ -116,7 +119,10 @@ fn numbers_dates_and_logic() {
     let f = filter(json!({"date_created": {"_gte": "$NOW(-1 month)"}})).unwrap();
     let march31 = value::parse_timestamp("2024-03-31 00:00:00", true).unwrap();
     with_now(march31, || {
-        assert!(m(&f, &row(&[("date_created", "2024-02-29 00:00:00+00")])), "calendar months clamp");
+        assert!(
+            m(&f, &row(&[("date_created", "2024-02-29 00:00:00+00")])),
+            "calendar months clamp"
+        );
         assert!(!m(&f, &row(&[("date_created", "2024-02-28 23:59:59+00")])));
     });
     let f = filter(json!({"author": {"_eq": "$CURRENT_USER"}})).unwrap();
@@ -245,12 +251,29 @@ fn lookups_are_collected() {
 #[test]
 fn a_now_adjustment_that_does_not_parse_is_invalid_and_named() {
     let ctx = VarContext::default();
-    let e = parse(&json!({"at": {"_gte": "$NOW(-7 dayz)"}}), &ctx, Limits::default()).unwrap_err();
+    let e = parse(
+        &json!({"at": {"_gte": "$NOW(-7 dayz)"}}),
+        &ctx,
+        Limits::default(),
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "Invalid query. Invalid \"$NOW\" adjustment \"-7 dayz\" in \"$NOW(-7 dayz)\"."
     );
-    let e = parse(&json!({"at": {"_in": ["$NOW(soon)"]}}), &ctx, Limits::default()).unwrap_err();
+    let e = parse(
+        &json!({"at": {"_in": ["$NOW(soon)"]}}),
+        &ctx,
+        Limits::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("\"soon\""), "{e}");
-    assert!(parse(&json!({"at": {"_gte": "$NOW(-7 days)"}}), &ctx, Limits::default()).is_ok());
+    assert!(
+        parse(
+            &json!({"at": {"_gte": "$NOW(-7 days)"}}),
+            &ctx,
+            Limits::default()
+        )
+        .is_ok()
+    );
 }

@@ -67,7 +67,9 @@ pub(super) fn resolve(v: &Json, ctx: &VarContext) -> Result<Val, super::QueryErr
         if let Some(adj) = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
             let parsed = NowAdj::parse(adj).and_then(|a| Some(Val::Now(a.at(ctx.now_micros)?, a)));
             return parsed.ok_or_else(|| {
-                super::QueryError::invalid(format!("Invalid \"$NOW\" adjustment \"{adj}\" in \"{s}\""))
+                super::QueryError::invalid(format!(
+                    "Invalid \"$NOW\" adjustment \"{adj}\" in \"{s}\""
+                ))
             });
         }
         return Ok(Val::Json(v.clone()));
@@ -87,7 +89,9 @@ pub(super) fn resolve(v: &Json, ctx: &VarContext) -> Result<Val, super::QueryErr
 
 /// A `$NOW` adjustment kept in a filter, so the instant is computed when a change is matched: a fixed
 /// offset, or whole calendar months (`mo`, `y`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NowAdj {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub micros: i64,
@@ -101,7 +105,10 @@ fn is_zero(n: &i64) -> bool {
 
 impl NowAdj {
     /// `$NOW` itself.
-    pub const NONE: NowAdj = NowAdj { micros: 0, months: 0 };
+    pub const NONE: NowAdj = NowAdj {
+        micros: 0,
+        months: 0,
+    };
 
     /// `$NOW(<adjustment>)`: an optional sign, a number (decimals allowed), optional spaces and a unit
     /// (`ms`, `s`, `m`, `h`, `d`, `w`, `mo`, `y` and their long forms); no unit means days.
@@ -118,7 +125,12 @@ impl NowAdj {
         let number: f64 = rest[..num_end].parse().ok()?;
         let unit = rest[num_end..].trim_start().to_ascii_lowercase();
         let amount = if negative { -number } else { number };
-        let fixed = |ms: f64| Some(NowAdj { micros: (amount * ms * 1000.0) as i64, months: 0 });
+        let fixed = |ms: f64| {
+            Some(NowAdj {
+                micros: (amount * ms * 1000.0) as i64,
+                months: 0,
+            })
+        };
         match unit.as_str() {
             "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => fixed(1.0),
             "s" | "sec" | "secs" | "second" | "seconds" => fixed(1000.0),
@@ -126,10 +138,14 @@ impl NowAdj {
             "h" | "hr" | "hrs" | "hour" | "hours" => fixed(3_600_000.0),
             "" | "d" | "day" | "days" => fixed(86_400_000.0),
             "w" | "week" | "weeks" => fixed(7.0 * 86_400_000.0),
-            "mo" | "mth" | "month" | "months" => Some(NowAdj { micros: 0, months: amount.trunc() as i64 }),
-            "y" | "yr" | "yrs" | "year" | "years" => {
-                Some(NowAdj { micros: 0, months: amount.trunc() as i64 * 12 })
-            }
+            "mo" | "mth" | "month" | "months" => Some(NowAdj {
+                micros: 0,
+                months: amount.trunc() as i64,
+            }),
+            "y" | "yr" | "yrs" | "year" | "years" => Some(NowAdj {
+                micros: 0,
+                months: amount.trunc() as i64 * 12,
+            }),
             _ => None,
         }
     }

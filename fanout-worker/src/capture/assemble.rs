@@ -36,7 +36,10 @@ impl Default for AssemblerConfig {
         AssemblerConfig {
             chunk_rows: 1000,
             chunk_bytes: 1 << 20,
-            exclude: ["directus_migrations"].into_iter().map(String::from).collect(),
+            exclude: ["directus_migrations"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
             ends_only: [("directus_sessions".to_owned(), vec!["user".to_owned()])]
                 .into_iter()
                 .collect(),
@@ -352,7 +355,11 @@ impl Assembler {
                     got: cells.len(),
                 });
             }
-            return Ok(Some(kept.iter().map(|&i| std::mem::replace(&mut cells[i], Cell::Null)).collect()));
+            return Ok(Some(
+                kept.iter()
+                    .map(|&i| std::mem::replace(&mut cells[i], Cell::Null))
+                    .collect(),
+            ));
         }
         if cells.len() != c.rel.columns.len() {
             return Err(AssembleError::ColumnCount {
@@ -640,14 +647,22 @@ mod tests {
                     "public",
                     "directus_sessions",
                     b'f',
-                    &[(true, "token", 1043), (false, "user", 2950), (false, "ip", 1043)],
+                    &[
+                        (true, "token", 1043),
+                        (false, "user", 2950),
+                        (false, "ip", 1043),
+                    ],
                 ),
                 enc::insert(3, &[t("secret-refresh-token"), t("u"), t("1.2.3.4")]),
                 users,
                 enc::insert(2, &[t("u"), t("$argon2id$..."), t("happy")]),
                 enc::commit(1, 2, 0),
                 enc::begin(3, 0, 2),
-                enc::update(3, Some((false, &[t("secret-refresh-token"), t("u"), Cell::Null])), &[t("rotated"), t("u"), Cell::Null]),
+                enc::update(
+                    3,
+                    Some((false, &[t("secret-refresh-token"), t("u"), Cell::Null])),
+                    &[t("rotated"), t("u"), Cell::Null],
+                ),
                 enc::insert(3, &[t("another"), t("u"), Cell::Null]),
                 enc::commit(3, 4, 0),
                 enc::begin(5, 0, 3),
@@ -672,22 +687,35 @@ mod tests {
         let sessions = &c.relations[0];
         assert_eq!(sessions.table, "directus_sessions");
         assert_eq!(sessions.columns.len(), 1);
-        assert_eq!((sessions.columns[0].name.as_str(), sessions.columns[0].key), ("user", false));
+        assert_eq!(
+            (sessions.columns[0].name.as_str(), sessions.columns[0].key),
+            ("user", false)
+        );
         assert_eq!(
             c.changes,
             vec![
                 Change::Delete {
                     rel: 3,
-                    old: OldRow { key_only: false, cells: vec![t("u")] }
+                    old: OldRow {
+                        key_only: false,
+                        cells: vec![t("u")]
+                    }
                 },
                 Change::Delete {
                     rel: 3,
-                    old: OldRow { key_only: true, cells: vec![Cell::Null] }
+                    old: OldRow {
+                        key_only: true,
+                        cells: vec![Cell::Null]
+                    }
                 },
             ]
         );
         let text = format!("{out:?}");
-        assert!(!text.contains("secret-refresh-token") && !text.contains("rotated") && !text.contains("another"));
+        assert!(
+            !text.contains("secret-refresh-token")
+                && !text.contains("rotated")
+                && !text.contains("another")
+        );
     }
 
     #[test]

@@ -162,7 +162,11 @@ pub struct FollowRead {
 
 /// Whether the subscriber may read this related row (its permission filter there holds): a change to
 /// a row it may not read must not make its items look changed.
-fn may_see(filter: &common::filter::Filter, cells: &[common::change::Cell], rel: &common::change::Relation) -> bool {
+fn may_see(
+    filter: &common::filter::Filter,
+    cells: &[common::change::Cell],
+    rel: &common::change::Relation,
+) -> bool {
     if filter.is_true() {
         return true;
     }
@@ -182,9 +186,20 @@ fn may_see(filter: &common::filter::Filter, cells: &[common::change::Cell], rel:
     filter.matches(&|name: &str| datums.get(name))
 }
 
-fn cell_text(cells: &[common::change::Cell], rel: &common::change::Relation, column: &str) -> Option<String> {
-    let i = rel.columns.iter().position(|c| c.name == column)?;
-    cells.get(i)?.as_text().map(str::to_owned)
+fn cell_at<'a>(
+    cells: &'a [common::change::Cell],
+    rel: &common::change::Relation,
+    column: &str,
+) -> Option<&'a common::change::Cell> {
+    cells.get(rel.columns.iter().position(|c| c.name == column)?)
+}
+
+fn cell_text(
+    cells: &[common::change::Cell],
+    rel: &common::change::Relation,
+    column: &str,
+) -> Option<String> {
+    cell_at(cells, rel, column)?.as_text().map(str::to_owned)
 }
 
 /// One statement to run for held frames: its rows go back through [`Coordinator::related_rows`].
@@ -314,8 +329,16 @@ impl Coordinator {
     /// Route a chunk's frames: straight out, or (when some query needs related items read) held with
     /// everything else of the chunk until [`Coordinator::release_held`], so the order between events
     /// and announcements is the order of the stream.
-    fn route(&mut self, chunk: &TxChunk, routed: Vec<(Frame, Vec<Arc<str>>)>, follows: Vec<Follow>) {
-        assert!(self.held.is_none(), "related reads of a previous chunk are still open");
+    fn route(
+        &mut self,
+        chunk: &TxChunk,
+        routed: Vec<(Frame, Vec<Arc<str>>)>,
+        follows: Vec<Follow>,
+    ) {
+        assert!(
+            self.held.is_none(),
+            "related reads of a previous chunk are still open"
+        );
         if !follows.is_empty() || routed.iter().any(|(f, _)| f.marks.is_some()) {
             let frames = routed
                 .into_iter()
@@ -355,7 +378,11 @@ impl Coordinator {
         if !self.index.has_followers() {
             return out;
         }
-        if !chunk.relations.iter().any(|r| r.schema == self.schema && !self.index.followers(&r.table).is_empty()) {
+        if !chunk
+            .relations
+            .iter()
+            .any(|r| r.schema == self.schema && !self.index.followers(&r.table).is_empty())
+        {
             return out;
         }
         for change in &chunk.changes {
@@ -372,7 +399,9 @@ impl Coordinator {
                 if !wanted(slot) {
                     continue;
                 }
-                let Some(entry) = self.index.get(slot) else { continue };
+                let Some(entry) = self.index.get(slot) else {
+                    continue;
+                };
                 let def = &entry.def;
                 if !def.wants(common::event::EventKind::Update) {
                     continue;
@@ -386,11 +415,12 @@ impl Coordinator {
                     }
                     // Only a change to what the item shows (or to which parent it belongs).
                     let touched = match (old, new) {
-                        (Some(o), Some(n)) if !o.key_only => {
-                            r.columns.iter().map(|(c, _)| c.as_str()).chain(r.foreign_key.as_deref()).any(|c| {
-                                cell_text(&o.cells, rel, c) != cell_text(n, rel, c)
-                            })
-                        }
+                        (Some(o), Some(n)) if !o.key_only => r
+                            .columns
+                            .iter()
+                            .map(|(c, _)| c.as_str())
+                            .chain(r.foreign_key.as_deref())
+                            .any(|c| cell_at(&o.cells, rel, c) != cell_at(n, rel, c)),
                         _ => true,
                     };
                     if !touched {
@@ -442,7 +472,9 @@ impl Coordinator {
                     Change::Insert { rel, new } | Change::Update { rel, new, .. } => (*rel, new),
                     _ => continue,
                 };
-                if let Some(rel) = chunk.relation(rel_id).filter(|r| r.schema == self.schema && r.table == f.def.collection)
+                if let Some(rel) = chunk
+                    .relation(rel_id)
+                    .filter(|r| r.schema == self.schema && r.table == f.def.collection)
                     && let Some(k) = cell_text(cells, rel, &f.def.primary_key)
                 {
                     f.skip.insert(k);
@@ -479,7 +511,9 @@ impl Coordinator {
     /// read next), placed after the query's own frames of the chunk.
     pub fn related_rows_followed(&mut self, read: &FollowRead, rows: &[Vec<Option<String>>]) {
         let Some(held) = &self.held else { return };
-        let Some(f) = held.follows.get(read.follow) else { return };
+        let Some(f) = held.follows.get(read.follow) else {
+            return;
+        };
         let width = f.def.root_columns.len();
         // Versions written after the followed change are left out: their own events come later.
         let rows: Vec<&Vec<Option<String>>> = rows
@@ -490,14 +524,24 @@ impl Coordinator {
                     .and_then(|x| x.parse::<u32>().ok())
                     .is_none_or(|xmin| self.written_by(xmin, held.lsn))
             })
-            .filter(|r| r.first().and_then(|k| k.as_deref()).is_some_and(|k| !f.skip.contains(k)))
+            .filter(|r| {
+                r.first()
+                    .and_then(|k| k.as_deref())
+                    .is_some_and(|k| !f.skip.contains(k))
+            })
             .collect();
         let query = self.index.get(f.slot).map_or(QueryId(0), |e| e.id);
         let Some(held) = &mut self.held else { return };
-        let Some(f) = held.follows.get(read.follow) else { return };
+        let Some(f) = held.follows.get(read.follow) else {
+            return;
+        };
         let single = f.def.item.is_some();
         let per_frame = if single { 1 } else { FOLLOW_FRAME_ITEMS };
-        let rows = if single { &rows[..rows.len().min(1)] } else { &rows[..] };
+        let rows = if single {
+            &rows[..rows.len().min(1)]
+        } else {
+            &rows[..]
+        };
         for part in rows.chunks(per_frame) {
             let mut marks = common::project::Marks::new();
             let mut data = Vec::new();
@@ -508,14 +552,21 @@ impl Coordinator {
                 if n > 0 {
                     data.push(b',');
                 }
-                let view = common::project::TextRow::new(&f.def.root_columns, &row[..width.min(row.len())]);
+                let view = common::project::TextRow::new(
+                    &f.def.root_columns,
+                    &row[..width.min(row.len())],
+                );
                 common::project::write_object_marked(&mut data, &f.def.fields, &view, &mut marks);
             }
             if !single {
                 data.push(b']');
             }
             // After every frame of this query already held for the chunk (its own, earlier follows).
-            let idx = held.frames.iter().filter(|(fr, _, _)| fr.slot == f.slot).count();
+            let idx = held
+                .frames
+                .iter()
+                .filter(|(fr, _, _)| fr.slot == f.slot)
+                .count();
             let frame = Frame {
                 slot: f.slot,
                 query,
@@ -560,7 +611,8 @@ impl Coordinator {
         let Some((f, _, def)) = held.frames.get_mut(read.frame) else {
             return;
         };
-        let (Some(marks), Some(rel)) = (&mut f.marks, def.relations.get(read.relation as usize)) else {
+        let (Some(marks), Some(rel)) = (&mut f.marks, def.relations.get(read.relation as usize))
+        else {
             return;
         };
         for row in rows {
@@ -781,13 +833,20 @@ impl Coordinator {
             &mut frames,
         );
         let follows = self.plan_follows(chunk, &|_| true, &|slot| {
-            self.index.get(slot).map_or_else(Vec::new, |e| e.gateways.clone())
+            self.index
+                .get(slot)
+                .map_or_else(Vec::new, |e| e.gateways.clone())
         });
         if !follows.is_empty() || frames.iter().any(|f| f.marks.is_some()) {
             let routed: Vec<(Frame, Vec<Arc<str>>)> = frames
                 .drain(..)
                 .map(|f| {
-                    let gws = self.index.get(f.slot).expect("matched slot is live").gateways.clone();
+                    let gws = self
+                        .index
+                        .get(f.slot)
+                        .expect("matched slot is live")
+                        .gateways
+                        .clone();
                     (f, gws)
                 })
                 .collect();

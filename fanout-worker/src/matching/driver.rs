@@ -545,7 +545,8 @@ impl Loop<'_> {
         }
         self.core.release_held();
         metrics::counter!("realtime_related_reads_total").increment(statements);
-        metrics::histogram!("realtime_related_read_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("realtime_related_read_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -562,7 +563,11 @@ impl Loop<'_> {
                 Err(e) if attempt < 5 => {
                     attempt += 1;
                     self.db = None;
-                    tracing::warn!(error = format!("{e:#}"), attempt, "reading related items failed; retrying");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        attempt,
+                        "reading related items failed; retrying"
+                    );
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => return Err(e.context("reading related items")),
@@ -587,14 +592,21 @@ impl Loop<'_> {
                 .collect();
             async move { db.query(&r.text, &params).await }
         });
-        let results = tokio::time::timeout(RELATED_TIMEOUT, futures_util::future::try_join_all(queries))
-            .await
-            .map_err(|_| anyhow::anyhow!("related reads took longer than {RELATED_TIMEOUT:?}"))??;
+        let results =
+            tokio::time::timeout(RELATED_TIMEOUT, futures_util::future::try_join_all(queries))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("related reads took longer than {RELATED_TIMEOUT:?}")
+                })??;
         Ok(results
             .into_iter()
             .map(|rows| {
                 rows.iter()
-                    .map(|row| (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect())
+                    .map(|row| {
+                        (0..row.len())
+                            .map(|i| row.get::<_, Option<String>>(i))
+                            .collect()
+                    })
                     .collect()
             })
             .collect())

@@ -130,10 +130,10 @@ fn filing_options(q: &NormalizedQuery) -> Vec<(String, Vec<IndexKey>)> {
             // A `$NOW` argument moves with the clock: not a bucket key.
             let ok = c.now.is_none()
                 && match c.op {
-                Op::Eq => c.args.len() == 1,
-                Op::In => !c.args.is_empty() && c.args.len() <= 64,
-                _ => false,
-            };
+                    Op::Eq => c.args.len() == 1,
+                    Op::In => !c.args.is_empty() && c.args.len() <= 64,
+                    _ => false,
+                };
             if !ok {
                 return None;
             }

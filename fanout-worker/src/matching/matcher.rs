@@ -112,7 +112,13 @@ impl Ctx<'_> {
 
     /// `{"field":value,...}` with the query's projection and per-field visibility ([`project`]);
     /// related items as placeholders in `marks` (read and spliced before the frame is sent).
-    fn write_object(&self, out: &mut Vec<u8>, q: &NormalizedQuery, row: &RowView, marks: Option<&mut Marks>) {
+    fn write_object(
+        &self,
+        out: &mut Vec<u8>,
+        q: &NormalizedQuery,
+        row: &RowView,
+        marks: Option<&mut Marks>,
+    ) {
         let view = EventRow { ctx: self, row };
         match marks {
             Some(m) => project::write_object_marked(out, &q.fields, &view, m),
@@ -222,7 +228,9 @@ pub fn match_chunk(
     out: &mut Vec<Frame>,
 ) {
     // `$NOW` in a filter means the change's commit time: the same on every replay of it.
-    common::filter::with_now(chunk.commit_time, || match_chunk_at(ix, schema, chunk, scope, out))
+    common::filter::with_now(chunk.commit_time, || {
+        match_chunk_at(ix, schema, chunk, scope, out)
+    })
 }
 
 fn match_chunk_at(

@@ -520,10 +520,16 @@ fn relational_query() -> NormalizedQuery {
         "authors",
         "public",
         "id",
-        vec![c("id", Kind::Int4), c("email", Kind::Text), c("seen", Kind::Text)],
+        vec![
+            c("id", Kind::Int4),
+            c("email", Kind::Text),
+            c("seen", Kind::Text),
+        ],
     );
     let related: HashMap<String, (Collection, Access)> =
-        [("authors".to_owned(), (authors, Access::Admin))].into_iter().collect();
+        [("authors".to_owned(), (authors, Access::Admin))]
+            .into_iter()
+            .collect();
     let q = json!({"fields":["id","author.email"]});
     let params = parse_query(q.as_object(), &QueryConfig::default()).unwrap();
     common::normalize::normalize_with(
@@ -538,6 +544,17 @@ fn relational_query() -> NormalizedQuery {
     )
     .unwrap()
     .query
+}
+
+/// A coordinator owning every shard with [`relational_query`] registered for gateway `gw`.
+fn with_relational_query() -> Coordinator {
+    let mut c = owning_all(100);
+    let q = relational_query();
+    assert_eq!(
+        c.apply_ctl(id(11), Ok(register(&q, "gw", ctl::Replay::Live))),
+        CtlOutcome::Applied
+    );
+    c
 }
 
 fn author_update(lsn: u64, old_email: &str, email: &str, old_seen: &str, seen: &str) -> TxChunk {
@@ -574,29 +591,46 @@ fn author_update(lsn: u64, old_email: &str, email: &str, old_seen: &str, seen: &
 
 #[test]
 fn a_change_to_a_shown_related_row_reads_its_items_again_and_sends_them_as_an_update() {
-    let q = relational_query();
-    let mut c = owning_all(100);
-    assert_eq!(c.apply_ctl(id(11), Ok(register(&q, "gw", ctl::Replay::Live))), CtlOutcome::Applied);
+    let mut c = with_relational_query();
 
     // A column the query does not show: nothing to read, nothing held.
-    c.match_live(id(101), Some(&author_update(101, "a@x", "a@x", "mon", "tue")));
+    c.match_live(
+        id(101),
+        Some(&author_update(101, "a@x", "a@x", "mon", "tue")),
+    );
     assert!(!c.holding());
     assert!(sent(&mut c).is_empty());
 
     // The email: the posts of author 3 are read again, then the author, then one update goes out.
-    c.match_live(id(102), Some(&author_update(102, "a@x", "b@x", "tue", "tue")));
+    c.match_live(
+        id(102),
+        Some(&author_update(102, "a@x", "b@x", "tue", "tue")),
+    );
     assert!(c.holding());
     let reads = c.follow_reads();
     assert_eq!(reads.len(), 1);
-    assert!(reads[0].sql.text.contains("FROM \"public\".\"posts\" t WHERE t.\"author\" = ANY("), "{}", reads[0].sql.text);
+    assert!(
+        reads[0]
+            .sql
+            .text
+            .contains("FROM \"public\".\"posts\" t WHERE t.\"author\" = ANY("),
+        "{}",
+        reads[0].sql.text
+    );
     assert_eq!(reads[0].sql.params[0].as_deref(), Some("{\"3\"}"));
     assert!(c.follow_reads().is_empty(), "asked once");
     let rows = |ids: &[&str]| -> Vec<Vec<Option<String>>> {
-        ids.iter().map(|i| vec![Some(i.to_string()), Some("3".into())]).collect()
+        ids.iter()
+            .map(|i| vec![Some(i.to_string()), Some("3".into())])
+            .collect()
     };
     c.related_rows_followed(&reads[0], &rows(&["10", "11"]));
     let related = c.related_reads();
-    assert_eq!(related.len(), 1, "one statement for every author the frame shows");
+    assert_eq!(
+        related.len(),
+        1,
+        "one statement for every author the frame shows"
+    );
     c.related_rows(&related[0], &[vec![Some("3".into()), Some("b@x".into())]]);
     assert!(c.related_reads().is_empty());
     c.release_held();
@@ -614,13 +648,15 @@ fn a_change_to_a_shown_related_row_reads_its_items_again_and_sends_them_as_an_up
 
 #[test]
 fn a_follow_of_many_items_is_sent_in_frames_of_at_most_a_thousand() {
-    let q = relational_query();
-    let mut c = owning_all(100);
-    assert_eq!(c.apply_ctl(id(11), Ok(register(&q, "gw", ctl::Replay::Live))), CtlOutcome::Applied);
-    c.match_live(id(102), Some(&author_update(102, "a@x", "b@x", "tue", "tue")));
+    let mut c = with_relational_query();
+    c.match_live(
+        id(102),
+        Some(&author_update(102, "a@x", "b@x", "tue", "tue")),
+    );
     let reads = c.follow_reads();
-    let rows: Vec<Vec<Option<String>>> =
-        (0..2500).map(|i| vec![Some(i.to_string()), Some("3".into())]).collect();
+    let rows: Vec<Vec<Option<String>>> = (0..2500)
+        .map(|i| vec![Some(i.to_string()), Some("3".into())])
+        .collect();
     c.related_rows_followed(&reads[0], &rows);
     let related = c.related_reads();
     assert_eq!(related.len(), 3, "one statement per frame for its authors");
@@ -631,12 +667,22 @@ fn a_follow_of_many_items_is_sent_in_frames_of_at_most_a_thousand() {
     let msgs = c.take_messages().msgs;
     let entries = decode_batch(&msgs[0].1).unwrap();
     let idx: Vec<u16> = entries.iter().map(|e| e.pos.idx).collect();
-    assert_eq!(idx, [0, 1, 2], "each frame its own position, so none is taken for a repeat");
+    assert_eq!(
+        idx,
+        [0, 1, 2],
+        "each frame its own position, so none is taken for a repeat"
+    );
     let out: BTreeMap<String, Vec<(EntryKind, u64, String)>> = [(
         "gw".to_owned(),
         entries
             .iter()
-            .map(|e| (e.kind, e.pos.lsn, String::from_utf8_lossy(&msgs[0].1[e.body.clone()]).into_owned()))
+            .map(|e| {
+                (
+                    e.kind,
+                    e.pos.lsn,
+                    String::from_utf8_lossy(&msgs[0].1[e.body.clone()]).into_owned(),
+                )
+            })
             .collect(),
     )]
     .into_iter()
@@ -645,7 +691,11 @@ fn a_follow_of_many_items_is_sent_in_frames_of_at_most_a_thousand() {
         .iter()
         .map(|(k, lsn, body)| {
             assert_eq!((*k, *lsn), (EntryKind::Event(EventKind::Update), 102));
-            serde_json::from_str::<serde_json::Value>(body).unwrap().as_array().unwrap().len()
+            serde_json::from_str::<serde_json::Value>(body)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
         })
         .collect();
     assert_eq!(sizes, [1000, 1000, 500]);
