@@ -1208,6 +1208,14 @@ mod tests {
         )
     }
 
+    /// (field, relation index) of a projection.
+    fn shown(fields: &[Projection]) -> Vec<(&str, Option<u16>)> {
+        fields
+            .iter()
+            .map(|p| (p.field.as_str(), p.relation))
+            .collect()
+    }
+
     #[test]
     fn many_to_one_fields_show_the_related_item() {
         let n = rel_norm(
@@ -1217,12 +1225,7 @@ mod tests {
             Access::Admin,
         )
         .unwrap();
-        let names: Vec<_> = n
-            .query
-            .fields
-            .iter()
-            .map(|p| (p.field.as_str(), p.relation))
-            .collect();
+        let names = shown(&n.query.fields);
         assert_eq!(names, [("id", None), ("title", None), ("author", Some(0))]);
         let r = &n.query.relations[0];
         assert_eq!(r.collection, "directus_users");
@@ -1251,12 +1254,7 @@ mod tests {
             Access::Admin,
         )
         .unwrap();
-        let names: Vec<_> = n
-            .query
-            .fields
-            .iter()
-            .map(|p| (p.field.as_str(), p.relation))
-            .collect();
+        let names = shown(&n.query.fields);
         assert_eq!(
             names,
             [
@@ -1267,11 +1265,7 @@ mod tests {
             ]
         );
         let author = &n.query.relations[1];
-        let inner: Vec<_> = author
-            .fields
-            .iter()
-            .map(|p| (p.field.as_str(), p.relation))
-            .collect();
+        let inner = shown(&author.fields);
         assert_eq!(
             inner,
             [

@@ -7,6 +7,16 @@ use serde_json::json;
 use testkit::cluster::{ADMIN_EMAIL, ADMIN_PASSWORD};
 use testkit::services::run_node;
 
+/// One gateway and one worker (events flow).
+async fn with_a_worker() -> testkit::cluster::Cluster {
+    testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// A node script of `loadtest/js` driving the real SDK, printing one JSON line per message.
 struct SdkScript {
     _child: tokio::process::Child,
@@ -66,12 +76,7 @@ async fn directus_sdk_subscribes_and_gets_init() {
 /// hands to that subscription's iterator only: the client's other subscription keeps receiving.
 #[tokio::test]
 async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
-    let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
-        workers: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let c = with_a_worker().await;
     let sql = c.sql().await.unwrap();
     let u = create_user(&c, "sdk@example.com", "pw", false).await;
     let p = policy_of(&c, &u).await;
@@ -122,12 +127,7 @@ async fn the_sdk_keeps_its_other_subscriptions_when_one_is_revoked() {
 /// brings the author's email in `init` and in each create.
 #[tokio::test]
 async fn the_sdk_gets_the_related_author_in_init_and_events() {
-    let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
-        workers: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let c = with_a_worker().await;
     let sql = c.sql().await.unwrap();
     let writer = create_user(&c, "author@example.com", "pw", false).await;
     let url = format!("http://{}", c.gateway_addr(0));
@@ -167,12 +167,7 @@ async fn the_sdk_gets_the_related_author_in_init_and_events() {
 /// shown where it may read that user (here: itself).
 #[tokio::test]
 async fn the_sdk_gets_its_own_notifications_with_the_sender() {
-    let c = testkit::cluster::Cluster::start(testkit::cluster::ClusterOptions {
-        workers: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let c = with_a_worker().await;
     let sql = c.sql().await.unwrap();
     let me = create_user(&c, "notified@example.com", "pw", false).await;
     let other = create_user(&c, "someone@example.com", "pw", false).await;
